@@ -1,0 +1,2 @@
+//! Evaluation for juris (skeleton).
+#![deny(missing_docs)]

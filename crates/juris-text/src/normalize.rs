@@ -1,0 +1,1 @@
+//! Unicode normalization shared by all analyzers (skeleton).

@@ -1,0 +1,1 @@
+//! Splitting law texts into articles (skeleton).
