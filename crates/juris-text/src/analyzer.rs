@@ -24,14 +24,35 @@ pub trait Analyzer: Send + Sync {
 
 /// Every registered analyzer name with a one-line description, for help texts and errors.
 pub const ANALYZERS: &[(&str, &str)] = &[
-    ("standard", "NFKC, lowercase, Unicode words; Han/kana runs as character bigrams"),
-    ("en-simple", "English: NFKC, lowercase words, no stemming, no stopwords"),
-    ("en-snowball", "English: lowercase words, stopwords removed, Snowball (Porter2) stems"),
-    ("ja-bigram", "Japanese: NFKC, overlapping character bigrams (dictionary-free)"),
-    ("ja-ipadic", "Japanese: MeCab-IPADIC morphological analysis, content-word base forms"),
+    (
+        "standard",
+        "NFKC, lowercase, Unicode words; Han/kana runs as character bigrams",
+    ),
+    (
+        "en-simple",
+        "English: NFKC, lowercase words, no stemming, no stopwords",
+    ),
+    (
+        "en-snowball",
+        "English: lowercase words, stopwords removed, Snowball (Porter2) stems",
+    ),
+    (
+        "ja-bigram",
+        "Japanese: NFKC, overlapping character bigrams (dictionary-free)",
+    ),
+    (
+        "ja-ipadic",
+        "Japanese: MeCab-IPADIC morphological analysis, content-word base forms",
+    ),
     ("ar-norm", "Arabic: orthographic normalization, words"),
-    ("ar-light", "Arabic: normalization and light prefix stripping (و ف ب ك ل + ال)"),
-    ("ar-snowball", "Arabic: normalization, light prefix stripping, Snowball Arabic stems"),
+    (
+        "ar-light",
+        "Arabic: normalization and light prefix stripping (و ف ب ك ل + ال)",
+    ),
+    (
+        "ar-snowball",
+        "Arabic: normalization, light prefix stripping, Snowball Arabic stems",
+    ),
 ];
 
 /// Builds the analyzer registered under `name`.
@@ -39,7 +60,11 @@ pub fn build_analyzer(name: &str) -> Result<Arc<dyn Analyzer>, TextError> {
     analyzers::build(name).unwrap_or_else(|| {
         Err(TextError::UnknownAnalyzer {
             name: name.to_string(),
-            known: ANALYZERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            known: ANALYZERS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     })
 }
@@ -101,7 +126,11 @@ impl AnalyzerSpec {
             if !ANALYZERS.iter().any(|(n, _)| *n == name) {
                 return Err(TextError::UnknownAnalyzer {
                     name: name.to_string(),
-                    known: ANALYZERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+                    known: ANALYZERS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
         }
@@ -120,7 +149,10 @@ impl AnalyzerSet {
     /// Creates a set from a spec; fails if a name is not registered.
     pub fn new(spec: AnalyzerSpec) -> Result<Self, TextError> {
         spec.validate()?;
-        Ok(AnalyzerSet { spec, built: Default::default() })
+        Ok(AnalyzerSet {
+            spec,
+            built: Default::default(),
+        })
     }
 
     /// The spec this set was made from.
@@ -130,7 +162,10 @@ impl AnalyzerSet {
 
     /// The language `text` is analyzed as: the fixed one, the hint, or the detected one.
     pub fn lang_of(&self, text: &str, hint: Option<Lang>) -> Lang {
-        self.spec.fixed.or(hint).unwrap_or_else(|| detect_lang(text))
+        self.spec
+            .fixed
+            .or(hint)
+            .unwrap_or_else(|| detect_lang(text))
     }
 
     /// The analyzer for `lang`, building it on first use.

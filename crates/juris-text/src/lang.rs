@@ -47,7 +47,9 @@ impl Lang {
             "ja" | "jpn" | "japanese" => Ok(Lang::Ja),
             "ar" | "ara" | "arabic" => Ok(Lang::Ar),
             "other" | "und" => Ok(Lang::Other),
-            _ => Err(TextError::UnknownLanguage { code: code.to_string() }),
+            _ => Err(TextError::UnknownLanguage {
+                code: code.to_string(),
+            }),
         }
     }
 }
@@ -60,16 +62,22 @@ impl std::fmt::Display for Lang {
 
 /// Detects the language of `text` from the scripts of its letters.
 pub fn detect_lang(text: &str) -> Lang {
-    let (mut kana, mut han, mut arabic, mut latin, mut other) = (0usize, 0usize, 0usize, 0usize, 0usize);
+    let (mut kana, mut han, mut arabic, mut latin, mut other) =
+        (0usize, 0usize, 0usize, 0usize, 0usize);
     for c in text.chars() {
         let u = c as u32;
         match u {
             0x3040..=0x30FF | 0x31F0..=0x31FF | 0xFF66..=0xFF9F => kana += 1,
             0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0xF900..=0xFAFF => han += 1,
-            0x0600..=0x06FF | 0x0750..=0x077F | 0x08A0..=0x08FF | 0xFB50..=0xFDFF | 0xFE70..=0xFEFF => {
-                arabic += 1
-            }
-            _ if c.is_ascii_alphabetic() || (0x00C0..=0x024F).contains(&u) || (0xFF21..=0xFF5A).contains(&u) => {
+            0x0600..=0x06FF
+            | 0x0750..=0x077F
+            | 0x08A0..=0x08FF
+            | 0xFB50..=0xFDFF
+            | 0xFE70..=0xFEFF => arabic += 1,
+            _ if c.is_ascii_alphabetic()
+                || (0x00C0..=0x024F).contains(&u)
+                || (0xFF21..=0xFF5A).contains(&u) =>
+            {
                 latin += 1
             }
             _ if c.is_alphabetic() => other += 1,
@@ -83,12 +91,16 @@ pub fn detect_lang(text: &str) -> Lang {
     if kana > 0 && (kana + han) * 5 >= total {
         return Lang::Ja;
     }
-    let best = [(han, Lang::Ja), (arabic, Lang::Ar), (latin, Lang::En), (other, Lang::Other)]
-        .into_iter()
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, l)| l)
-        .unwrap_or(Lang::Other);
-    best
+    [
+        (han, Lang::Ja),
+        (arabic, Lang::Ar),
+        (latin, Lang::En),
+        (other, Lang::Other),
+    ]
+    .into_iter()
+    .max_by_key(|(n, _)| *n)
+    .map(|(_, l)| l)
+    .unwrap_or(Lang::Other)
 }
 
 #[cfg(test)]
@@ -97,9 +109,18 @@ mod tests {
 
     #[test]
     fn detects_scripts() {
-        assert_eq!(detect_lang("民法第九十条の規定により無効とする。"), Lang::Ja);
-        assert_eq!(detect_lang("ما هي عقوبة السرقة في القانون الأردني؟"), Lang::Ar);
-        assert_eq!(detect_lang("A juristic act contrary to public order is void."), Lang::En);
+        assert_eq!(
+            detect_lang("民法第九十条の規定により無効とする。"),
+            Lang::Ja
+        );
+        assert_eq!(
+            detect_lang("ما هي عقوبة السرقة في القانون الأردني؟"),
+            Lang::Ar
+        );
+        assert_eq!(
+            detect_lang("A juristic act contrary to public order is void."),
+            Lang::En
+        );
         assert_eq!(detect_lang("Гражданский кодекс"), Lang::Other);
         assert_eq!(detect_lang("12345 !!"), Lang::Other);
         // Japanese with a Latin acronym stays Japanese.

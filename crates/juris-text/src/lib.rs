@@ -19,3 +19,4 @@ pub mod structure;
 pub use analyzer::{build_analyzer, Analyzer, AnalyzerSet, AnalyzerSpec};
 pub use error::TextError;
 pub use lang::{detect_lang, Lang};
+pub use structure::{split_articles, split_law, ArticleChunk, SplitLaw};
