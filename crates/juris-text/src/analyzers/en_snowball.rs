@@ -230,7 +230,7 @@ impl Analyzer for EnSnowball {
         let norm = normalize_en(text);
         let stops = stopwords();
         for_each_en_word(&norm, |w| {
-            if !stops.contains(w) {
+            if !stops.contains(w) && w.chars().nth(1).is_some() {
                 let stem = self.stemmer.stem(w);
                 if !stem.is_empty() {
                     sink(&stem);
