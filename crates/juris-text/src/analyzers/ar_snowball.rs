@@ -1,6 +1,7 @@
 //! `ar-snowball`: `ar-light` terms stemmed with Snowball Arabic (`rust-stemmers`).
 
 use super::ar_light::for_each_light_term;
+use super::stem_cache::{with_stem, Memo};
 use crate::Analyzer;
 use rust_stemmers::{Algorithm, Stemmer};
 
@@ -30,10 +31,7 @@ impl Analyzer for ArSnowball {
 
     fn analyze_with(&self, text: &str, sink: &mut dyn FnMut(&str)) {
         for_each_light_term(text, |w| {
-            let stem = self.stemmer.stem(w);
-            if !stem.is_empty() {
-                sink(&stem);
-            }
+            with_stem(&self.stemmer, Memo::Arabic, w, sink);
         });
     }
 }

@@ -3,6 +3,7 @@
 //! stemming; digits are kept.
 
 use super::en_simple::{for_each_en_word, normalize_en};
+use super::stem_cache::{with_stem, Memo};
 use crate::Analyzer;
 use rust_stemmers::{Algorithm, Stemmer};
 use std::collections::HashSet;
@@ -231,10 +232,7 @@ impl Analyzer for EnSnowball {
         let stops = stopwords();
         for_each_en_word(&norm, |w| {
             if !stops.contains(w) && w.chars().nth(1).is_some() {
-                let stem = self.stemmer.stem(w);
-                if !stem.is_empty() {
-                    sink(&stem);
-                }
+                with_stem(&self.stemmer, Memo::English, w, sink);
             }
         });
     }

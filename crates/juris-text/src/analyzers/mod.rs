@@ -10,6 +10,7 @@ pub mod en_snowball;
 pub mod ja_bigram;
 pub mod ja_ipadic;
 pub mod standard;
+mod stem_cache;
 mod words;
 
 pub use ar_light::{is_ar_stopword, light_strip, ArLight, AR_STOPWORDS};
