@@ -3,7 +3,9 @@
 //! so each thread keeps the stems it has computed. The cache is cleared when it reaches
 //! [`MAX_ENTRIES`], which bounds memory on corpora with huge vocabularies.
 
-use rust_stemmers::{Algorithm, Stemmer};
+#[cfg(test)]
+use rust_stemmers::Algorithm;
+use rust_stemmers::Stemmer;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
