@@ -1,6 +1,9 @@
 //! `en-snowball`: `en-simple` words, minus English stopwords, stemmed with Snowball English
 //! (Porter2, via `rust-stemmers`). Stopwords are matched on the lowercased word before
-//! stemming; digits are kept.
+//! stemming; one-character words (`a`, `b`, `1` in "paragraph 1 item b") are dropped, as
+//! bm25s's and scikit-learn's token pattern does: chosen on train splits, where it raised
+//! coliee_statute_en nDCG@10 from 0.6805 to 0.6827 and left scifact within noise
+//! (0.7001 → 0.6988). Numbers of two or more digits are kept.
 
 use super::en_simple::{for_each_en_word, normalize_en};
 use super::stem_cache::{with_stem, Memo};
@@ -241,6 +244,15 @@ impl Analyzer for EnSnowball {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_one_character_words() {
+        let a = EnSnowball::default();
+        assert_eq!(
+            a.analyze("Article 5 paragraph 2 item b of 12 laws"),
+            ["articl", "paragraph", "item", "12", "law"]
+        );
+    }
 
     #[test]
     fn stems_and_stops() {
