@@ -117,7 +117,7 @@ def main():
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "command": "bench/.venv/bin/python bench/speed.py " + " ".join(sys.argv[1:]), "runs": a.runs}
     (OUT.parent / "speed.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    print("\n| corpus | docs→ | juris build s | bm25s build s | build speed-up | juris q/s | bm25s q/s | q/s ratio | build RSS MiB juris / bm25s | search RSS MiB juris / bm25s |")
+    print("\n| corpus | queries per pass | juris build s | bm25s build s | build speed-up | juris q/s | bm25s q/s | q/s ratio | build RSS MiB juris / bm25s | search RSS MiB juris / bm25s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
     for r in results:
         print(f"| {r['corpus']} | {r['queries']} q | {r['juris_build_s']:.2f} | {r['bm25s_build_s']:.2f} | {r['build_speedup']:.1f}× | "
