@@ -402,3 +402,21 @@ fn huge_document_is_indexed() {
     let hits = index.search_terms(&["w7"], 2).unwrap();
     assert_eq!(hits.len(), 1);
 }
+
+#[test]
+fn temp_folders_of_interrupted_writers_are_removed_by_the_next_build() {
+    let dir = tempfile::tempdir().unwrap();
+    fresh(dir.path());
+    // What a build killed (Ctrl-C, kill -9) before its rename leaves behind.
+    let dead = dir.path().join("gen-7.tmp-999999999-12345");
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(dead.join("postings.doc"), b"partial").unwrap();
+    Index::open(dir.path()).unwrap();
+    fresh(dir.path());
+    assert!(
+        !dead.exists(),
+        "stale temp folder survived: {:?}",
+        listing(dir.path())
+    );
+    Index::open(dir.path()).unwrap();
+}
