@@ -322,35 +322,28 @@ impl FileWriter {
     }
 
     pub(crate) fn write_u32s(&mut self, v: &[u32]) -> Result<(), IndexError> {
-        let mut buf = Vec::with_capacity(v.len().min(1 << 16) * 4);
-        for chunk in v.chunks(1 << 16) {
-            buf.clear();
-            for x in chunk {
-                buf.extend_from_slice(&x.to_le_bytes());
-            }
-            self.write(&buf)?;
-        }
-        Ok(())
+        self.write_le(v, u32::to_le_bytes)
     }
 
     pub(crate) fn write_u64s(&mut self, v: &[u64]) -> Result<(), IndexError> {
-        let mut buf = Vec::with_capacity(v.len().min(1 << 16) * 8);
-        for chunk in v.chunks(1 << 16) {
-            buf.clear();
-            for x in chunk {
-                buf.extend_from_slice(&x.to_le_bytes());
-            }
-            self.write(&buf)?;
-        }
-        Ok(())
+        self.write_le(v, u64::to_le_bytes)
     }
 
     pub(crate) fn write_f32s(&mut self, v: &[f32]) -> Result<(), IndexError> {
-        let mut buf = Vec::with_capacity(v.len().min(1 << 16) * 4);
+        self.write_le(v, f32::to_le_bytes)
+    }
+
+    /// Writes `v` little-endian, in 64 Ki-element chunks so the buffer stays small.
+    fn write_le<T: Copy, const N: usize>(
+        &mut self,
+        v: &[T],
+        to_le: fn(T) -> [u8; N],
+    ) -> Result<(), IndexError> {
+        let mut buf = Vec::with_capacity(v.len().min(1 << 16) * N);
         for chunk in v.chunks(1 << 16) {
             buf.clear();
-            for x in chunk {
-                buf.extend_from_slice(&x.to_le_bytes());
+            for &x in chunk {
+                buf.extend_from_slice(&to_le(x));
             }
             self.write(&buf)?;
         }
