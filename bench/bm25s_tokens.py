@@ -40,13 +40,19 @@ def main():
     retriever = bm25s.BM25(method=a.method, k1=a.k1, b=a.b, delta=a.delta, backend="numba")
     retriever.index(doc_terms, show_progress=False)
     k = min(a.k, len(doc_ids))
+    # juris returns only documents that contain a query term; BM25L and BM25+ give the others
+    # a positive score, so they are cut here the same way.
+    doc_sets = [set(t) for t in doc_terms]
     with open(a.run_out, "w", encoding="utf-8") as out:
         for qid, terms in zip(qids, q_terms):
             scores = retriever.get_scores(terms)
             top = np.argsort(-scores, kind="stable")[:k]
-            for rank, d in enumerate(top, 1):
-                if scores[d] <= 0 and rank > 1:
-                    break
+            qset = set(terms)
+            rank = 0
+            for d in top:
+                if scores[d] <= 0 or not (qset & doc_sets[d]):
+                    continue
+                rank += 1
                 out.write(f"{qid} Q0 {doc_ids[d]} {rank} {scores[d]:.6f} bm25s\n")
 
 
