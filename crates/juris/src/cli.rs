@@ -306,13 +306,14 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn cmd_index(a: IndexArgs, bar: &Bar) -> Result<()> {
+    let analyzer = a.analyzer.spec()?;
     let options = CorpusOptions {
         fields: JsonlFields::default().with_overrides(
             a.id_field.as_deref(),
             a.title_field.as_deref(),
             a.text_field.as_deref(),
         ),
-        lang: a.analyzer.spec()?.fixed,
+        lang: analyzer.fixed,
     };
     let started = std::time::Instant::now();
     if a.update || a.delete.is_some() {
@@ -343,7 +344,7 @@ fn cmd_index(a: IndexArgs, bar: &Bar) -> Result<()> {
         bail!("--corpus is required to build an index")
     };
     let config = IndexConfig {
-        analyzer: a.analyzer.spec()?,
+        analyzer,
         scorer: a.scorer.apply(&ScorerConfig::default())?,
     };
     let docs = read_corpus(corpus, &options)?;

@@ -23,11 +23,10 @@ pub fn print_hits(
 ) -> Result<()> {
     let analyzers = index.analyzers();
     let lang = analyzers.lang_of(question, lang);
-    let hits = index.search_lang(question, Some(lang), k)?;
-    let terms: HashSet<String> = analyzers
-        .analyze(question, Some(lang))?
-        .into_iter()
-        .collect();
+    // Analyze once: the same terms rank the articles and pick their snippets.
+    let query_terms = analyzers.analyze(question, Some(lang))?;
+    let hits = index.search_terms(&query_terms, k)?;
+    let terms: HashSet<String> = query_terms.into_iter().collect();
     if hits.is_empty() && !json {
         println!(
             "no article matches: none of the question's terms ({}) occurs in the index",
