@@ -1,0 +1,654 @@
+//! Building blocks shared by the decoder architectures ([`super::llama`], [`super::gemma3`],
+//! [`super::qwen`]): a linear layer that holds either a dense f32 weight or a quantized
+//! [`QMatMul`] (so LoRA can wrap either later), the token embedding, RMSNorm, rotary
+//! position tables computed per row from the attention mask, the additive causal + padding
+//! (+ sliding window) mask, and grouped-query attention.
+//!
+//! Positions come from the mask (`cumsum(mask) - 1`), so left- and right-padded batches both
+//! give every real token the position it would have alone.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+
+use crate::error::{MlError, Result};
+use crate::gguf::GgufFile;
+
+/// How matrix weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightMode {
+    /// Dequantized to f32 at load time: the most faithful numbers (parity with references);
+    /// the default for encoders because the supported models are small.
+    #[default]
+    F32,
+    /// Kept in the file's quantization and multiplied with candle's quantized kernels:
+    /// less memory and faster on CPU, slightly different numbers (activations are
+    /// quantized to 8 bits inside the kernel).
+    Quantized,
+}
+
+/// A bias-optional linear layer `y = x W^T + b` whose weight is dense f32 or quantized.
+#[derive(Debug, Clone)]
+pub enum DecoderLinear {
+    /// Dense weight `[out, in]`.
+    Dense {
+        /// Weight `[out, in]`.
+        weight: Tensor,
+        /// Optional bias `[out]`.
+        bias: Option<Tensor>,
+    },
+    /// Quantized weight as stored in the GGUF file.
+    Quantized {
+        /// The quantized matrix.
+        weight: QMatMul,
+        /// Optional bias `[out]` (always f32).
+        bias: Option<Tensor>,
+    },
+}
+
+impl DecoderLinear {
+    /// Loads `{name}.weight` (shape `[out, in]`) and, when present, `{name}.bias`.
+    pub fn load(
+        g: &GgufFile,
+        name: &str,
+        out_in: [usize; 2],
+        mode: WeightMode,
+        device: &Device,
+    ) -> Result<DecoderLinear> {
+        let wname = format!("{name}.weight");
+        let bname = format!("{name}.bias");
+        let bias = if g.has_tensor(&bname) {
+            Some(g.tensor_f32_shaped(&bname, &[out_in[0]], device)?)
+        } else {
+            None
+        };
+        match mode {
+            WeightMode::F32 => {
+                let weight = g.tensor_f32_shaped(&wname, &out_in, device)?;
+                Ok(DecoderLinear::Dense { weight, bias })
+            }
+            WeightMode::Quantized => {
+                g.expect_shape(&wname, &out_in)?;
+                let q = g.qtensor(&wname, device)?;
+                Ok(DecoderLinear::Quantized {
+                    weight: QMatMul::from_qtensor(q)?,
+                    bias,
+                })
+            }
+        }
+    }
+
+    /// Like [`DecoderLinear::load`] but requires a bias.
+    pub fn load_with_bias(
+        g: &GgufFile,
+        name: &str,
+        out_in: [usize; 2],
+        mode: WeightMode,
+        device: &Device,
+    ) -> Result<DecoderLinear> {
+        // Asking for the shape first gives the "tensor is missing" error with its name.
+        g.tensor_shape(&format!("{name}.bias"))?;
+        DecoderLinear::load(g, name, out_in, mode, device)
+    }
+
+    /// Applies the layer to `x` of shape `[.., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (y, bias) = match self {
+            DecoderLinear::Dense { weight, bias } => {
+                let w = match x.dims().len() {
+                    3 => weight.broadcast_left(x.dim(0)?)?.t()?,
+                    _ => weight.t()?,
+                };
+                (x.matmul(&w)?, bias)
+            }
+            DecoderLinear::Quantized { weight, bias } => (weight.forward(x)?, bias),
+        };
+        Ok(match bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// The token embedding table, optionally also the output projection (tied embeddings).
+#[derive(Debug)]
+pub struct TokenEmbedding {
+    table: Arc<QTensor>,
+    dense: Option<Tensor>,
+    vocab: usize,
+    hidden: usize,
+}
+
+impl TokenEmbedding {
+    /// Loads `token_embd.weight` (`[vocab, hidden]`). Float tables are dequantized at once;
+    /// quantized ones stay quantized and rows are dequantized on lookup (exactly the values
+    /// a full dequantization would give).
+    pub fn load(g: &GgufFile, vocab: usize, hidden: usize, device: &Device) -> Result<Self> {
+        let name = "token_embd.weight";
+        g.expect_shape(name, &[vocab, hidden])?;
+        let q = g.qtensor(name, device)?;
+        let dense = match q.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                Some(q.dequantize(device)?.to_dtype(DType::F32)?)
+            }
+            _ => None,
+        };
+        Ok(TokenEmbedding {
+            table: Arc::new(q),
+            dense,
+            vocab,
+            hidden,
+        })
+    }
+
+    /// Number of rows.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// Looks up `ids` (`[batch, seq]`, u32), giving `[batch, seq, hidden]` f32; fails on an
+    /// id outside the table.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+        if let Some(&bad) = flat
+            .to_vec1::<u32>()?
+            .iter()
+            .find(|&&i| i as usize >= self.vocab)
+        {
+            return Err(MlError::Mismatch(format!(
+                "token id {bad} is outside the embedding table of {} rows; the tokenizer does not belong to this model",
+                self.vocab
+            )));
+        }
+        let rows = match &self.dense {
+            Some(t) => t.index_select(&flat, 0)?,
+            None => self.table.embedding(&flat)?.to_dtype(DType::F32)?,
+        };
+        Ok(rows.reshape((b, s, self.hidden))?)
+    }
+
+    /// The table as an output projection (tied embeddings), in `mode`.
+    pub fn as_linear(&self, mode: WeightMode) -> Result<DecoderLinear> {
+        Ok(match (&self.dense, mode) {
+            (Some(t), _) => DecoderLinear::Dense {
+                weight: t.clone(),
+                bias: None,
+            },
+            (None, WeightMode::F32) => DecoderLinear::Dense {
+                weight: self.table.dequantize(&self.table.device())?,
+                bias: None,
+            },
+            (None, WeightMode::Quantized) => DecoderLinear::Quantized {
+                weight: QMatMul::from_arc(self.table.clone())?,
+                bias: None,
+            },
+        })
+    }
+}
+
+/// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`, computed in f32. The weight is used as
+/// stored; Gemma's GGUF converter already folded Gemma's `1 + w` into it.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Loads `{name}.weight` of length `dim`.
+    pub fn load(g: &GgufFile, name: &str, dim: usize, eps: f64, device: &Device) -> Result<Self> {
+        let weight = g.tensor_f32_shaped(&format!("{name}.weight"), &[dim], device)?;
+        Ok(RmsNorm { weight, eps })
+    }
+
+    /// Normalizes over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
+        Ok(y.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// Rotary embedding frequencies for one base (`theta`) and rotated width.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    /// Pair layout: `true` for llama.cpp's interleaved pairs (GGUF `llama` files, whose
+    /// q/k rows the converter permuted), `false` for rotate-half (NeoX; Gemma, Qwen).
+    interleaved: bool,
+    /// Linear position scaling (positions are divided by it).
+    linear_factor: f32,
+}
+
+impl Rope {
+    /// Frequencies `1 / theta^(2i/dim)`, each divided by `freq_factors[i]` when given
+    /// (Llama 3.x stores its long-context scaling that way, as `rope_freqs.weight`).
+    pub fn new(
+        theta: f64,
+        dim: usize,
+        freq_factors: Option<&[f32]>,
+        linear_factor: f32,
+        interleaved: bool,
+    ) -> Result<Self> {
+        if !dim.is_multiple_of(2) || dim == 0 {
+            return Err(MlError::Unsupported(format!(
+                "rotary dimension {dim} must be even and positive"
+            )));
+        }
+        if let Some(f) = freq_factors {
+            if f.len() != dim / 2 {
+                return Err(MlError::Mismatch(format!(
+                    "rope_freqs has {} factors, the rotary dimension {dim} needs {}",
+                    f.len(),
+                    dim / 2
+                )));
+            }
+        }
+        let inv_freq = (0..dim / 2)
+            .map(|i| {
+                let f = 1.0 / theta.powf(2.0 * i as f64 / dim as f64);
+                let f = f / freq_factors.map(|ff| ff[i] as f64).unwrap_or(1.0);
+                f as f32
+            })
+            .collect();
+        Ok(Rope {
+            inv_freq,
+            interleaved,
+            linear_factor,
+        })
+    }
+
+    /// Applies the rotation to `x` `[batch, heads, seq, head_dim]` at `positions`
+    /// (`[batch][seq]`). Only the first `2 * inv_freq.len()` channels rotate.
+    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let (b, _h, s, hd) = x.dims4()?;
+        let half = self.inv_freq.len();
+        let inv = Tensor::from_slice(&self.inv_freq, (1, 1, half), x.device())?;
+        let pos =
+            (positions.to_dtype(DType::F32)? / self.linear_factor as f64)?.reshape((b, s, 1))?;
+        // Angles in f32 like the references (HF computes inv_freq @ positions in f32).
+        let angles = pos.broadcast_mul(&inv)?;
+        let cos = angles.cos()?.contiguous()?;
+        let sin = angles.sin()?.contiguous()?;
+        let rot_dim = 2 * half;
+        let (head, rest) = if rot_dim < hd {
+            (
+                x.narrow(D::Minus1, 0, rot_dim)?,
+                Some(x.narrow(D::Minus1, rot_dim, hd - rot_dim)?),
+            )
+        } else {
+            (x.clone(), None)
+        };
+        let head = head.contiguous()?;
+        let rotated = if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&head, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&head, &cos, &sin)?
+        };
+        Ok(match rest {
+            Some(r) => Tensor::cat(&[&rotated, &r], D::Minus1)?,
+            None => rotated,
+        })
+    }
+}
+
+/// Positions and masks for one padded batch, computed once and shared by all layers.
+#[derive(Debug, Clone)]
+pub struct BatchMasks {
+    /// Position of each token, `[batch, seq]` u32: `cumsum(mask) - 1`, 0 on left padding.
+    pub positions: Tensor,
+    /// Additive bias `[batch, 1, seq, seq]`: 0 where query `i` may attend key `j`
+    /// (`j <= i`, key `j` real), a large negative number elsewhere.
+    pub full: Tensor,
+    /// The same with a sliding window of `window` keys (`i - j < window`), when asked.
+    pub sliding: Option<Tensor>,
+}
+
+/// Large enough to zero a softmax weight, finite so a row with every key masked (a query
+/// on left padding) stays a uniform, harmless row instead of NaN.
+const MASKED: f32 = -1e30;
+
+impl BatchMasks {
+    /// Builds positions and masks from the attention mask `[batch, seq]` (1 real, 0 pad;
+    /// any numeric dtype).
+    pub fn new(mask: &Tensor, window: Option<usize>, device: &Device) -> Result<Self> {
+        let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let b = rows.len();
+        let s = rows.first().map(|r| r.len()).unwrap_or(0);
+        let mut pos = Vec::with_capacity(b * s);
+        let mut full = Vec::with_capacity(b * s * s);
+        let mut slid = Vec::with_capacity(if window.is_some() { b * s * s } else { 0 });
+        for row in &rows {
+            let mut n = 0u32;
+            for &m in row {
+                if m > 0.5 {
+                    n += 1;
+                }
+                pos.push(n.saturating_sub(1));
+            }
+            for i in 0..s {
+                for (j, &m) in row.iter().enumerate() {
+                    let ok = j <= i && m > 0.5;
+                    full.push(if ok { 0.0 } else { MASKED });
+                    if let Some(w) = window {
+                        slid.push(if ok && i - j < w { 0.0 } else { MASKED });
+                    }
+                }
+            }
+        }
+        Ok(BatchMasks {
+            positions: Tensor::from_vec(pos, (b, s), device)?,
+            full: Tensor::from_vec(full, (b, 1, s, s), device)?,
+            sliding: match window {
+                Some(_) => Some(Tensor::from_vec(slid, (b, 1, s, s), device)?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// Repeats key/value heads `n_rep` times for grouped-query attention:
+/// `[b, kv, s, d]` → `[b, kv * n_rep, s, d]`, each kv head adjacent to its copies.
+pub fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, kv, s, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, kv, n_rep, s, d))?
+        .reshape((b, kv * n_rep, s, d))?)
+}
+
+/// Scaled dot-product attention with an additive `bias` `[b, 1, s, s]`:
+/// `softmax(q k^T * scale + bias) v`, on `[b, heads, s, d]` inputs.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: &Tensor) -> Result<Tensor> {
+    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    Ok(probs.matmul(v)?)
+}
+
+/// Splits `[b, s, heads * d]` into `[b, heads, s, d]` (contiguous).
+pub fn split_heads(x: &Tensor, heads: usize, d: usize) -> Result<Tensor> {
+    let (b, s, _) = x.dims3()?;
+    Ok(x.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()?)
+}
+
+/// Merges `[b, heads, s, d]` back into `[b, s, heads * d]`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, s, d) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.reshape((b, s, h * d))?)
+}
+
+/// The output projection: `output.weight` when the file has one, otherwise the token
+/// embedding (tied), built on first use because a large vocabulary makes it big.
+#[derive(Debug)]
+pub struct OutputHead {
+    output: Option<DecoderLinear>,
+    tied: std::sync::Mutex<Option<Arc<DecoderLinear>>>,
+    mode: WeightMode,
+}
+
+impl OutputHead {
+    /// Loads `output.weight` (`[vocab, hidden]`) when present.
+    pub fn load(
+        g: &GgufFile,
+        vocab: usize,
+        hidden: usize,
+        mode: WeightMode,
+        device: &Device,
+    ) -> Result<Self> {
+        let output = if g.has_tensor("output.weight") {
+            Some(DecoderLinear::load(
+                g,
+                "output",
+                [vocab, hidden],
+                mode,
+                device,
+            )?)
+        } else {
+            None
+        };
+        Ok(OutputHead {
+            output,
+            tied: std::sync::Mutex::new(None),
+            mode,
+        })
+    }
+
+    /// Logits `[.., vocab]` for hidden states `[.., hidden]`.
+    pub fn forward(&self, hidden: &Tensor, embed: &TokenEmbedding) -> Result<Tensor> {
+        if let Some(o) = &self.output {
+            return o.forward(hidden);
+        }
+        let head = {
+            // A poisoned lock only means another thread panicked while building the head;
+            // the slot holds either nothing or a finished head.
+            let mut slot = match self.tied.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            match &*slot {
+                Some(h) => h.clone(),
+                None => {
+                    let h = Arc::new(embed.as_linear(self.mode)?);
+                    *slot = Some(h.clone());
+                    h
+                }
+            }
+        };
+        head.forward(hidden)
+    }
+}
+
+/// Sizes every decoder reports through [`super::decoder::DecoderLm`].
+#[derive(Debug, Clone)]
+pub struct DecoderDims {
+    /// `general.architecture`.
+    pub arch: String,
+    /// Model width.
+    pub hidden: usize,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab: usize,
+    /// Longest context the model was trained for.
+    pub context: usize,
+}
+
+/// Head counts and widths of a decoder's attention, read from `{arch}.attention.*`.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadShape {
+    /// Model width.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+impl HeadShape {
+    /// Reads and checks the head layout of architecture `arch`.
+    pub fn from_gguf(g: &GgufFile, arch: &str) -> Result<HeadShape> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden = g.usize(&key("embedding_length"))?;
+        let heads = g.usize(&key("attention.head_count"))?;
+        let kv_heads = g
+            .usize_opt(&key("attention.head_count_kv"))?
+            .unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(MlError::Corrupt {
+                path: g.path().to_path_buf(),
+                what: format!(
+                    "{heads} query heads ('{}') cannot be grouped over {kv_heads} key/value heads ('{}')",
+                    key("attention.head_count"),
+                    key("attention.head_count_kv")
+                ),
+            });
+        }
+        let head_dim = g
+            .usize_opt(&key("attention.key_length"))?
+            .unwrap_or(hidden / heads);
+        Ok(HeadShape {
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+        })
+    }
+}
+
+/// `{arch}.vocab_size`, or the embedding's row count when the key is absent.
+pub fn vocab_size(g: &GgufFile, arch: &str) -> Result<usize> {
+    match g.usize_opt(&format!("{arch}.vocab_size"))? {
+        Some(v) => Ok(v),
+        None => Ok(g.tensor_shape("token_embd.weight")?[0]),
+    }
+}
+
+/// The linear rotary scaling factor from `{arch}.rope.scaling.*` (1 when none); other
+/// scaling types are refused by name.
+pub fn linear_rope_scaling(g: &GgufFile, arch: &str) -> Result<f32> {
+    let key = format!("{arch}.rope.scaling.type");
+    match g.string_opt(&key)? {
+        None | Some("none") => Ok(1.0),
+        Some("linear") => {
+            Ok(g.f64_opt(&format!("{arch}.rope.scaling.factor"))?.unwrap_or(1.0) as f32)
+        }
+        Some(other) => Err(MlError::Unsupported(format!(
+            "{}: rope scaling '{other}' ('{key}') is not supported; supported: none, linear (and Llama 3 frequency factors in rope_freqs.weight)",
+            g.path().display()
+        ))),
+    }
+}
+
+/// Grouped-query self-attention of one block: projections, optional per-head q/k RMSNorm
+/// (Gemma 3, Qwen3), rotation, scaled dot-product with an additive mask, output projection.
+#[derive(Debug)]
+pub struct SelfAttention {
+    q: DecoderLinear,
+    k: DecoderLinear,
+    v: DecoderLinear,
+    o: DecoderLinear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    shape: HeadShape,
+    scale: f64,
+}
+
+impl SelfAttention {
+    /// Loads `{prefix}.attn_{q,k,v,output}` (with biases on q/k/v when `qkv_bias`) and,
+    /// with `qk_norm`, `{prefix}.attn_{q,k}_norm`. Scores are multiplied by `scale`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        g: &GgufFile,
+        prefix: &str,
+        shape: HeadShape,
+        qkv_bias: bool,
+        qk_norm: Option<f64>,
+        scale: f64,
+        mode: WeightMode,
+        device: &Device,
+    ) -> Result<Self> {
+        let (h, hd) = (shape.hidden, shape.head_dim);
+        let lin = |n: &str, out_in: [usize; 2], bias: bool| {
+            let name = format!("{prefix}.{n}");
+            if bias {
+                DecoderLinear::load_with_bias(g, &name, out_in, mode, device)
+            } else {
+                DecoderLinear::load(g, &name, out_in, mode, device)
+            }
+        };
+        let norm = |n: &str, eps: f64| RmsNorm::load(g, &format!("{prefix}.{n}"), hd, eps, device);
+        Ok(SelfAttention {
+            q: lin("attn_q", [shape.heads * hd, h], qkv_bias)?,
+            k: lin("attn_k", [shape.kv_heads * hd, h], qkv_bias)?,
+            v: lin("attn_v", [shape.kv_heads * hd, h], qkv_bias)?,
+            o: lin("attn_output", [h, shape.heads * hd], false)?,
+            q_norm: qk_norm.map(|eps| norm("attn_q_norm", eps)).transpose()?,
+            k_norm: qk_norm.map(|eps| norm("attn_k_norm", eps)).transpose()?,
+            shape,
+            scale,
+        })
+    }
+
+    /// Attends over normalized input `x` `[b, s, hidden]`, returning `[b, s, hidden]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        positions: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let HeadShape {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        } = self.shape;
+        let mut q = split_heads(&self.q.forward(x)?, heads, head_dim)?;
+        let mut k = split_heads(&self.k.forward(x)?, kv_heads, head_dim)?;
+        let v = split_heads(&self.v.forward(x)?, kv_heads, head_dim)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = rope.apply(&q, positions)?;
+        let k = repeat_kv(rope.apply(&k, positions)?, heads / kv_heads)?;
+        let v = repeat_kv(v, heads / kv_heads)?;
+        let a = attention(&q, &k, &v, self.scale, mask)?;
+        self.o.forward(&merge_heads(&a)?)
+    }
+}
+
+/// Activation of a gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateActivation {
+    /// SiLU (SwiGLU: Llama, Qwen).
+    Silu,
+    /// GELU, tanh approximation (Gemma).
+    GeluTanh,
+}
+
+/// `down(act(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct GatedMlp {
+    gate: DecoderLinear,
+    up: DecoderLinear,
+    down: DecoderLinear,
+    act: GateActivation,
+}
+
+impl GatedMlp {
+    /// Loads `{prefix}.ffn_{gate,up,down}` for width `hidden` and inner width `ffn`.
+    pub fn load(
+        g: &GgufFile,
+        prefix: &str,
+        hidden: usize,
+        ffn: usize,
+        act: GateActivation,
+        mode: WeightMode,
+        device: &Device,
+    ) -> Result<Self> {
+        let lin = |n: &str, out_in| {
+            DecoderLinear::load(g, &format!("{prefix}.{n}"), out_in, mode, device)
+        };
+        Ok(GatedMlp {
+            gate: lin("ffn_gate", [ffn, hidden])?,
+            up: lin("ffn_up", [ffn, hidden])?,
+            down: lin("ffn_down", [hidden, ffn])?,
+            act,
+        })
+    }
+
+    /// Applies the MLP to `[.., hidden]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate.forward(x)?;
+        let g = match self.act {
+            GateActivation::Silu => candle_nn::ops::silu(&g)?,
+            GateActivation::GeluTanh => g.gelu()?,
+        };
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
