@@ -331,8 +331,15 @@ pub struct IndexBuilder {
     done: bool,
 }
 
+/// Files of an index folder: the manifest, generations, temporaries, and the companions
+/// other parts of juris keep beside the index (`embeddings/` from `juris embed`,
+/// `tuned.json` from `juris tune`), which a rebuild leaves in place.
 fn looks_like_ours(name: &str) -> bool {
-    name == MANIFEST || name.starts_with("gen-") || name.contains(".tmp-")
+    name == MANIFEST
+        || name.starts_with("gen-")
+        || name.contains(".tmp-")
+        || name == "embeddings"
+        || name == "tuned.json"
 }
 
 fn gen_of(name: &str) -> Option<u64> {
