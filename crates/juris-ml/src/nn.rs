@@ -1,0 +1,351 @@
+//! Shared building blocks for our transformer files: a named weight store ([`Weights`],
+//! loaded from safetensors or filled by a custom reader such as the E5S1 one), [`Linear`],
+//! [`LayerNorm`], [`Embedding`], activations, and the choice of candle device.
+//!
+//! `Linear` is a small struct of our own rather than `candle_nn::Linear` so that LoRA adapters
+//! can wrap or replace it later and training can read its weight directly.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::encoder::DeviceChoice;
+use crate::error::{MlError, Result};
+
+/// Turns the user's device choice into a candle device, failing clearly when CUDA was asked
+/// for but this build cannot provide it.
+pub fn device_for(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(ordinal) => Ok(Device::new_cuda(ordinal)?),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(ordinal) => Err(MlError::Unsupported(format!(
+            "CUDA device {ordinal} requested, but juris-ml was built without the `cuda` feature; \
+             rebuild with `--features cuda` or use the CPU"
+        ))),
+    }
+}
+
+/// Memory-maps a model file read-only. Callers copy what they keep out of the map before
+/// dropping it, so the map never outlives one load.
+pub fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).map_err(|source| MlError::Io {
+        path: path.into(),
+        source,
+    })?;
+    // SAFETY: the map is read-only. A file truncated by another process while mapped could
+    // fault, as with any mmap reader; model files are not rewritten in place.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|source| MlError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Named f32 tensors of one model, remembering the file they came from so that every error
+/// names it.
+pub struct Weights {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+    tables: HashMap<String, Embedding>,
+    device: Device,
+}
+
+impl Weights {
+    /// An empty store for tensors read from `path` by a custom reader.
+    pub fn new(path: &Path, device: &Device) -> Self {
+        Weights {
+            path: path.to_path_buf(),
+            tensors: HashMap::new(),
+            tables: HashMap::new(),
+            device: device.clone(),
+        }
+    }
+
+    /// Reads every tensor of a safetensors file (memory-mapped), converting F16/BF16/F32 to
+    /// f32 on `device`.
+    pub fn from_safetensors(path: &Path, device: &Device) -> Result<Self> {
+        let map = map_file(path)?;
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| MlError::Corrupt {
+            path: path.into(),
+            what: format!("not a valid safetensors file ({e}); re-fetch the model"),
+        })?;
+        let mut weights = Weights::new(path, device);
+        for (name, view) in st.tensors() {
+            let shape = view.shape().to_vec();
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F32 => DType::F32,
+                safetensors::Dtype::F16 => DType::F16,
+                safetensors::Dtype::BF16 => DType::BF16,
+                // Integer tensors (e.g. HF's `position_ids` buffer) are not weights we use.
+                _ => continue,
+            };
+            let t = Tensor::from_raw_buffer(view.data(), dtype, &shape, &Device::Cpu)
+                .map_err(|e| MlError::Corrupt {
+                    path: path.into(),
+                    what: format!("tensor '{name}': {e}"),
+                })?
+                .to_dtype(DType::F32)?
+                .to_device(device)?;
+            weights.tensors.insert(name, t);
+        }
+        Ok(weights)
+    }
+
+    /// The file the weights came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The device the tensors live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Adds (or replaces) a tensor.
+    pub fn insert(&mut self, name: impl Into<String>, tensor: Tensor) {
+        self.tensors.insert(name.into(), tensor);
+    }
+
+    /// Adds a lookup table kept in a compact form (see [`Embedding::Q4Rows`]).
+    pub fn insert_table(&mut self, name: impl Into<String>, table: Embedding) {
+        self.tables.insert(name.into(), table);
+    }
+
+    /// Whether a tensor or table of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name) || self.tables.contains_key(name)
+    }
+
+    /// The lookup table `name` with `rows` rows of width `dim`.
+    pub fn embedding(&self, name: &str, rows: usize, dim: usize) -> Result<Embedding> {
+        if let Some(t) = self.tables.get(name) {
+            if t.rows() != rows {
+                return Err(MlError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!(
+                        "table '{name}' has {} rows, the config implies {rows}",
+                        t.rows()
+                    ),
+                });
+            }
+            return Ok(t.clone());
+        }
+        Ok(Embedding::Dense(self.get(name, &[rows, dim])?))
+    }
+
+    /// The tensor `name`, which must have exactly `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| MlError::Corrupt {
+            path: self.path.clone(),
+            what: format!("tensor '{name}' is missing; the file does not match its config"),
+        })?;
+        if t.dims() != shape {
+            return Err(MlError::Corrupt {
+                path: self.path.clone(),
+                what: format!(
+                    "tensor '{name}' has shape {:?}, the config implies {shape:?}",
+                    t.dims()
+                ),
+            });
+        }
+        Ok(t.clone())
+    }
+}
+
+/// `y = x W^T + b` over the last dimension.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`, as PyTorch stores it.
+    pub weight: Tensor,
+    /// `[out]`.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` (`[out, in]`) and `{prefix}.bias` (`[out]`, optional).
+    pub fn load(w: &Weights, prefix: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let weight = w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let bias_name = format!("{prefix}.bias");
+        let bias = if w.contains(&bias_name) {
+            Some(w.get(&bias_name, &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Applies the layer to `x` of shape `[.., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims.last().copied().unwrap_or(0);
+        let rows = x.elem_count() / in_dim.max(1);
+        // One 2-D matmul over all tokens: the weight is streamed once per batch.
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.weight.dim(0)?;
+        }
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// Layer normalization over the last dimension.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    /// Scale, `[dim]`.
+    pub weight: Tensor,
+    /// Shift, `[dim]`.
+    pub bias: Tensor,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Loads `{prefix}.weight` and `{prefix}.bias`; also accepts the old BERT names
+    /// `gamma`/`beta` found in some converted checkpoints.
+    pub fn load(w: &Weights, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        let (wn, bn) = if w.contains(&format!("{prefix}.gamma")) {
+            ("gamma", "beta")
+        } else {
+            ("weight", "bias")
+        };
+        Ok(LayerNorm {
+            weight: w.get(&format!("{prefix}.{wn}"), &[dim])?,
+            bias: w.get(&format!("{prefix}.{bn}"), &[dim])?,
+            eps: eps as f32,
+        })
+    }
+
+    /// Normalizes `x` over its last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        Ok(candle_nn::ops::layer_norm(
+            &x,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?)
+    }
+}
+
+/// A lookup table `[n, dim]`, stored as f32 or kept 4-bit (GGML Q4_0 rows, dequantized only
+/// for the ids looked up: a 250k-token multilingual table stays 54 MB instead of 384 MB).
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    /// An f32 table on the model's device.
+    Dense(Tensor),
+    /// Q4_0 rows (`dim / 32` blocks of 18 bytes each per row).
+    Q4Rows {
+        /// The blocks, row after row.
+        data: Vec<u8>,
+        /// Number of rows.
+        rows: usize,
+        /// Values per row.
+        dim: usize,
+        /// Where looked-up rows are placed.
+        device: Device,
+    },
+}
+
+impl Embedding {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        match self {
+            Embedding::Dense(t) => t.dims().first().copied().unwrap_or(0),
+            Embedding::Q4Rows { rows, .. } => *rows,
+        }
+    }
+
+    /// Rows of the table for `ids` (any shape of u32), giving `ids.shape + [dim]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(table) => {
+                let mut dims = ids.dims().to_vec();
+                dims.push(table.dim(1)?);
+                let flat = ids.flatten_all()?;
+                Ok(table.index_select(&flat, 0)?.reshape(dims)?)
+            }
+            Embedding::Q4Rows {
+                data,
+                rows,
+                dim,
+                device,
+            } => {
+                let list: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+                let row_bytes = dim / Q4_0_BLOCK * Q4_0_BYTES;
+                let mut out = vec![0f32; list.len() * dim];
+                for (o, &id) in out.chunks_exact_mut(*dim).zip(&list) {
+                    let id = id as usize;
+                    if id >= *rows {
+                        return Err(MlError::Mismatch(format!(
+                            "token id {id} is outside the embedding table ({rows} rows)"
+                        )));
+                    }
+                    dequantize_q4_0(&data[id * row_bytes..(id + 1) * row_bytes], o);
+                }
+                let mut dims = ids.dims().to_vec();
+                dims.push(*dim);
+                Ok(Tensor::from_vec(out, dims, device)?)
+            }
+        }
+    }
+}
+
+/// Values per GGML Q4_0 block.
+pub const Q4_0_BLOCK: usize = 32;
+/// Bytes per GGML Q4_0 block: an f16 scale and 16 bytes of nibbles.
+pub const Q4_0_BYTES: usize = 18;
+
+/// Expands GGML Q4_0 blocks into `out` (`out.len() / 32` blocks are read). In each block,
+/// byte `j` holds value `j` in its low nibble and value `j + 16` in its high nibble; a value
+/// is `(nibble - 8) * scale`.
+pub fn dequantize_q4_0(blocks: &[u8], out: &mut [f32]) {
+    for (block, o) in blocks
+        .chunks_exact(Q4_0_BYTES)
+        .zip(out.chunks_exact_mut(Q4_0_BLOCK))
+    {
+        let d = half::f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32();
+        for (j, &q) in block[2..].iter().enumerate() {
+            o[j] = ((q & 0x0f) as i32 - 8) as f32 * d;
+            o[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}
+
+/// Feed-forward activations that the supported configs name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// GELU with the exact erf (HF `gelu`).
+    GeluErf,
+    /// GELU with the tanh approximation (HF `gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// ReLU.
+    Relu,
+}
+
+impl Activation {
+    /// Parses an HF `hidden_act` value.
+    pub fn from_hf(name: &str) -> Option<Self> {
+        match name {
+            "gelu" => Some(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
+            "relu" => Some(Activation::Relu),
+            _ => None,
+        }
+    }
+
+    /// Applies the activation element-wise.
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::GeluErf => x.gelu_erf()?,
+            Activation::GeluTanh => x.gelu()?,
+            Activation::Relu => x.relu()?,
+        })
+    }
+}
