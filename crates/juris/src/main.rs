@@ -1,11 +1,17 @@
-//! `juris`: the command-line front of the juris toolkit. Thin glue over `juris-text`
-//! (analyzers), `juris-index` (ingestion, inverted index, BM25 family) and `juris-eval`
-//! (metrics): parse arguments, show progress, print results. No retrieval logic lives here.
+//! `juris`: the command-line front of the juris toolkit. Glue over `juris-text`
+//! (analyzers), `juris-index` (ingestion, inverted index, BM25 family), `juris-eval`
+//! (metrics), `juris-ml` (models, encoders) and `juris-dense` (embedding store, vector
+//! search, fusion): parse arguments, show progress, print results. The one piece of
+//! orchestration kept here is [`retrieve`]: the `Retriever` seam that joins BM25 and dense
+//! search for `search`, `tune` and the benchmarks.
 
 mod cli;
 mod demo;
+mod embed;
 mod progress;
+mod retrieve;
 mod search;
+mod tune;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -2,10 +2,11 @@
 //! file of queries.
 
 use crate::progress::Bar;
+use crate::retrieve::{Bm25Retriever, QueryText, Retriever};
 use anyhow::Result;
 use juris_eval::Run;
 use juris_index::corpus::{Document, Query};
-use juris_index::{Index, Progress};
+use juris_index::Index;
 use juris_text::Lang;
 use std::collections::HashSet;
 
@@ -25,7 +26,11 @@ pub fn print_hits(
     let lang = analyzers.lang_of(question, lang);
     // Analyze once: the same terms rank the articles and pick their snippets.
     let query_terms = analyzers.analyze(question, Some(lang))?;
-    let hits = index.search_terms(&query_terms, k)?;
+    let hits: Vec<(u32, f32)> = index
+        .search_terms(&query_terms, k)?
+        .into_iter()
+        .map(|h| (h.doc, h.score))
+        .collect();
     let terms: HashSet<String> = query_terms.into_iter().collect();
     if hits.is_empty() && !json {
         println!(
@@ -33,12 +38,23 @@ pub fn print_hits(
             terms.len()
         );
     }
-    for (rank, hit) in hits.iter().enumerate() {
-        let doc = index.doc(hit.doc)?;
-        let snippet = snippet(index, &doc, &terms, lang);
+    print_ranked(index, &hits, &terms, lang, json)
+}
+
+/// Prints ranked hits (from any retriever) with snippets chosen by the question's `terms`.
+pub fn print_ranked(
+    index: &Index,
+    hits: &[(u32, f32)],
+    terms: &HashSet<String>,
+    lang: Lang,
+    json: bool,
+) -> Result<()> {
+    for (rank, &(doc, score)) in hits.iter().enumerate() {
+        let doc = index.doc(doc)?;
+        let snippet = snippet(index, &doc, terms, lang);
         if json {
             let row = serde_json::json!({
-                "rank": rank + 1, "id": doc.id, "score": hit.score, "title": doc.title,
+                "rank": rank + 1, "id": doc.id, "score": score, "title": doc.title,
                 "snippet": snippet, "law": doc.meta.law, "article": doc.meta.article,
             });
             println!("{row}");
@@ -48,7 +64,7 @@ pub fn print_hits(
             } else {
                 format!("  ({})", doc.title)
             };
-            println!("{:>3}. {}{}  [{:.3}]", rank + 1, doc.id, title, hit.score);
+            println!("{:>3}. {}{}  [{:.3}]", rank + 1, doc.id, title, score);
             println!("     {snippet}");
         }
     }
@@ -86,7 +102,7 @@ pub fn snippet(index: &Index, doc: &Document, terms: &HashSet<String>, lang: Lan
     format!("{cut}…")
 }
 
-/// Runs every query and collects the top `k` hits of each into a TREC run.
+/// Runs every query through BM25 and collects the top `k` hits of each into a TREC run.
 pub fn run_batch(
     index: &Index,
     queries: &[Query],
@@ -95,30 +111,42 @@ pub fn run_batch(
     tag: &str,
     bar: &Bar,
 ) -> Result<Run> {
-    bar.start("searching", Some(queries.len() as u64));
-    let inputs: Vec<(String, Option<Lang>)> = queries
+    run_retriever(index, &Bm25Retriever { index }, queries, lang, k, tag, bar)
+}
+
+/// Runs every query through `retriever` (dense or hybrid) into a TREC run.
+pub fn run_retriever(
+    index: &Index,
+    retriever: &dyn Retriever,
+    queries: &[Query],
+    lang: Option<Lang>,
+    k: usize,
+    tag: &str,
+    bar: &Bar,
+) -> Result<Run> {
+    let texts: Vec<QueryText> = queries
         .iter()
-        .map(|q| {
-            let hint = lang.or_else(|| q.lang.as_deref().and_then(|c| Lang::parse(c).ok()));
-            (q.text.clone(), hint)
+        .map(|q| QueryText {
+            text: q.text.clone(),
+            lang: lang.or_else(|| q.lang.as_deref().and_then(|c| Lang::parse(c).ok())),
         })
         .collect();
-    // Timed: analysis, scoring and top-k of every query (what bench/speed.py reports), not
-    // reading the queries or writing the run.
+    // Timed: query analysis or encoding, scoring and top-k of every query (what
+    // bench/speed.py reports), not reading the queries or writing the run.
     let started = std::time::Instant::now();
-    let results = index.search_batch(&inputs, k, bar)?;
+    let results = retriever.retrieve_batch(&texts, k, bar)?;
     let elapsed = started.elapsed().as_secs_f64();
-    bar.finish();
     eprintln!(
-        "searched {} queries in {elapsed:.6}s ({:.0} q/s; analysis + scoring + top-{k}, {} threads)",
+        "searched {} queries in {elapsed:.6}s ({:.0} q/s; {}, top-{k}, {} threads)",
         queries.len(),
         queries.len() as f64 / elapsed.max(1e-9),
+        retriever.describe(),
         rayon::current_num_threads()
     );
     let mut run = Run::new(tag);
     for (q, hits) in queries.iter().zip(results) {
-        for hit in hits {
-            run.push(&q.id, index.doc_id(hit.doc)?, f64::from(hit.score))?;
+        for (doc, score) in hits {
+            run.push(&q.id, index.doc_id(doc)?, f64::from(score))?;
         }
     }
     Ok(run)

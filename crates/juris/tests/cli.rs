@@ -2,60 +2,17 @@
 //! delete) and every kind of bad input the CLI promises to handle: a clear error naming the
 //! file, line and field, exit status 2, no panic, and an existing index left untouched.
 
+mod common;
+
+use common::{fails, ok, s, write_inputs};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn juris(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_juris"))
-        .arg("--quiet")
-        .args(args)
-        .output()
-        .expect("run juris")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = juris(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "juris {args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
-}
-
-/// Runs a command that must fail cleanly; returns its stderr.
-fn fails(args: &[&str]) -> String {
-    let out = juris(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "juris {args:?} should exit 2; stderr: {stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "juris {args:?} panicked: {stderr}"
-    );
-    assert!(stderr.starts_with("error: "), "juris {args:?}: {stderr}");
-    stderr
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-const CORPUS: &str = r#"{"_id": "civil:90", "title": "Public Policy", "text": "A juristic act contrary to public order or good morals is void."}
-{"_id": "civil:5", "title": "Minors", "text": "A minor must obtain the consent of a legal representative to perform a juristic act."}
-{"_id": "civil:612", "title": "Sublease", "text": "A lessee may not sublease the leased thing without the consent of the lessor."}
-{"_id": "labour:3", "title": "", "text": "يستحق العامل إجازة سنوية بأجر كامل مدتها أربعة عشر يوما."}
-{"_id": "minpo:90", "title": "公序良俗", "text": "公の秩序又は善良の風俗に反する法律行為は、無効とする。"}
-"#;
+use std::path::PathBuf;
 
 const QUERIES: &str = r#"{"_id": "q1", "text": "Is a contract against public order void?"}
 {"_id": "q2", "text": "Can a tenant sublet without the landlord's consent?"}
 {"_id": "q3", "text": "كم مدة الإجازة السنوية؟"}
 {"_id": "q4", "text": "公序良俗に反する契約は有効か"}
 "#;
-
-const QRELS: &str = "query-id\tcorpus-id\tscore\nq1\tcivil:90\t1\nq2\tcivil:612\t1\nq3\tlabour:3\t1\nq4\tminpo:90\t1\n";
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -67,9 +24,7 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
-        fs::write(root.join("corpus.jsonl"), CORPUS).unwrap();
-        fs::write(root.join("queries.jsonl"), QUERIES).unwrap();
-        fs::write(root.join("qrels.tsv"), QRELS).unwrap();
+        write_inputs(&root, QUERIES);
         let index = root.join("index");
         ok(&[
             "index",

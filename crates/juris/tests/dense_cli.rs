@@ -1,0 +1,183 @@
+//! End-to-end tests of dense and hybrid retrieval through the `juris` binary: `embed`,
+//! `search --mode dense|hybrid`, `tune`, and the errors a user meets (no embeddings, stale
+//! embeddings after an index update, an unknown model). They use the `e5-small` preset
+//! (multilingual, so the en/ja/ar sample questions all make sense) from the models folder;
+//! when it has not been fetched they say so and pass without checking.
+
+mod common;
+
+use common::{fails, fails_line, juris, models_dir, ok, ok_line, s, write_inputs};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn e5_present() -> bool {
+    let p = models_dir().join("e5-small/e5-small-q4.bin");
+    if !p.exists() {
+        eprintln!(
+            "skipped: {} missing; run bash scripts/fetch-models.sh",
+            p.display()
+        );
+        return false;
+    }
+    true
+}
+
+// Paraphrases that share few words with their articles, so dense retrieval has work to do.
+const QUERIES: &str = r#"{"_id": "q1", "text": "Is an agreement that offends decency enforceable?"}
+{"_id": "q2", "text": "Can a tenant rent the flat to someone else without asking the landlord?"}
+{"_id": "q3", "text": "كم يوما من الإجازة المدفوعة يحصل عليها الموظف كل عام؟"}
+{"_id": "q4", "text": "道徳に反する契約は有効ですか"}
+"#;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        write_inputs(&root, QUERIES);
+        Fixture { _dir: dir, root }
+    }
+    fn p(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+}
+
+/// Top document of each query in a TREC run.
+fn top1(run: &Path) -> Vec<(String, String)> {
+    let text = fs::read_to_string(run).unwrap();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f[3] == "1" {
+            out.push((f[0].to_string(), f[2].to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn embed_search_dense_and_hybrid_tune_and_refresh() {
+    if !e5_present() {
+        return;
+    }
+    let fx = Fixture::new();
+    let (idx, corpus, queries) = (fx.p("index"), fx.p("corpus.jsonl"), fx.p("queries.jsonl"));
+    let (idx, corpus, queries) = (s(&idx), s(&corpus), s(&queries));
+    ok_line(&format!("index --corpus {corpus} --out {idx}"));
+
+    // Dense search before embedding: a clear instruction, not a panic.
+    let err = fails(&["search", "--index", idx, "--mode", "dense", "void contract"]);
+    assert!(err.contains("juris embed"), "{err}");
+
+    ok_line(&format!("embed --index {idx} --model e5-small"));
+    assert!(Path::new(idx)
+        .join("embeddings/e5-small/meta.json")
+        .is_file());
+
+    // Dense: every paraphrased question finds its article first.
+    let run = fx.p("dense.trec");
+    ok_line(&format!(
+        "search --index {idx} --mode dense --queries {queries} --output {} -k 5",
+        s(&run)
+    ));
+    let expect: Vec<(String, String)> = [
+        ("q1", "civil:90"),
+        ("q2", "civil:612"),
+        ("q3", "labour:3"),
+        ("q4", "minpo:90"),
+    ]
+    .iter()
+    .map(|(q, d)| (q.to_string(), d.to_string()))
+    .collect();
+    assert_eq!(top1(&run), expect);
+
+    // Hybrid: fused scores, the same winners here, and a run with one line per hit.
+    let hyb = fx.p("hybrid.trec");
+    ok_line(&format!(
+        "search --index {idx} --mode hybrid --alpha 0.3 --queries {queries} --output {} -k 3",
+        s(&hyb)
+    ));
+    assert_eq!(top1(&hyb), expect);
+    assert_eq!(fs::read_to_string(&hyb).unwrap().lines().count(), 12);
+
+    // Free-text dense search prints the article for a person.
+    let out = ok(&[
+        "search",
+        "--index",
+        idx,
+        "--mode",
+        "dense",
+        "--json",
+        "-k",
+        "1",
+        "公序良俗に反する契約",
+    ]);
+    assert!(out.contains("minpo:90"), "{out}");
+
+    // tune writes tuned.json with a hybrid choice that search then uses.
+    ok_line(&format!(
+        "tune --index {idx} --queries {queries} --qrels {}",
+        s(&fx.p("qrels.tsv"))
+    ));
+    let tuned: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(Path::new(idx).join("tuned.json")).unwrap())
+            .unwrap();
+    assert_eq!(tuned["hybrid"]["store"], "e5-small");
+    assert_eq!(tuned["num_queries"], 4);
+    let (hybrid, bm25) = (
+        tuned["hybrid"]["score"].as_f64(),
+        tuned["bm25"]["score"].as_f64(),
+    );
+    assert!(hybrid.unwrap() >= bm25.unwrap() - 1e-9, "{tuned}");
+
+    // After an index update the store is stale until embed runs again, which then encodes
+    // only the new document.
+    let more = fx.p("more.jsonl");
+    fs::write(
+        &more,
+        r#"{"_id": "civil:1", "title": "Good faith", "text": "Rights must be exercised in good faith."}"#,
+    )
+    .unwrap();
+    ok_line(&format!("index --update --corpus {} --out {idx}", s(&more)));
+    let err = fails(&["search", "--index", idx, "--mode", "dense", "good faith"]);
+    assert!(err.contains("out of date"), "{err}");
+    let out = juris(&["embed", "--index", idx, "--model", "e5-small"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("1 encoded, 5 reused"), "{stderr}");
+    ok(&["search", "--index", idx, "--mode", "dense", "good faith"]);
+}
+
+#[test]
+fn unknown_or_broken_models_are_clear_errors() {
+    let fx = Fixture::new();
+    let idx = fx.p("index");
+    let idx = s(&idx);
+    ok_line(&format!(
+        "index --corpus {} --out {idx}",
+        s(&fx.p("corpus.jsonl"))
+    ));
+    let missing = fx.p("no-such-model");
+    let err = fails_line(&format!("embed --index {idx} --model {}", s(&missing)));
+    assert!(
+        err.contains("no-such-model") && err.contains("preset"),
+        "{err}"
+    );
+    let garbage = fx.p("garbage.bin");
+    fs::write(&garbage, b"not a model at all").unwrap();
+    let err = fails_line(&format!("embed --index {idx} --model {}", s(&garbage)));
+    assert!(
+        err.contains("garbage.bin") && err.contains("unknown model format"),
+        "{err}"
+    );
+    let err = fails(&[
+        "search", "--index", idx, "--mode", "hybrid", "--model", "nope", "x",
+    ]);
+    assert!(err.contains("no embeddings named 'nope'"), "{err}");
+    assert!(!Path::new(idx).join("embeddings/garbage").exists());
+}
