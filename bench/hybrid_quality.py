@@ -238,9 +238,16 @@ def main():
             row = {"dataset": name, "split": split, "model": model, "analyzer": analyzer,
                    "embed_s": round(embed_s, 1), "embed_log": emb.stderr.strip().splitlines()[-1],
                    "tuned": tuned, "date": time.strftime("%Y-%m-%d")}
+            # Only the reported split's queries are searched: encoding the others is wasted work.
+            report_queries = work / f"queries.{split}.jsonl"
+            judged = set(read_qrels(d / "qrels" / f"{split}.tsv"))
+            with open(report_queries, "w", encoding="utf-8") as f:
+                for q in read_jsonl(d / "queries.jsonl"):
+                    if q["_id"] in judged:
+                        f.write(json.dumps(q, ensure_ascii=False) + "\n")
             for mode in ("bm25", "dense", "hybrid"):
                 run = work / f"{model}.{mode}.trec"
-                sh(JURIS, "-q", "search", "--index", idx, "--queries", d / "queries.jsonl", "--output", run,
+                sh(JURIS, "-q", "search", "--index", idx, "--queries", report_queries, "--output", run,
                    "-k", "100", "--mode", mode, "--model", model, "--device", a.device)
                 row[mode] = evaluate(run, d / "qrels" / f"{split}.tsv")
             if not a.no_peer and model in ("minilm", "e5-small"):
