@@ -8,14 +8,19 @@
 //! embedding store, the CLI and training never name a model family. A new family is one new
 //! file under [`models`] plus one arm in [`load_encoder`].
 //!
+//! Generation has its own seam, [`Generator`] (a conversation in, text streamed out), with
+//! [`GgufGenerator`] over the same decoders using their KV-cache path.
+//!
 //! Design decision: the transformer code is our own (one file per architecture, in the
 //! manner of candle-transformers), not candle-transformers itself, because training needs
 //! to reach every linear layer to attach LoRA adapters and to read hidden states rather
 //! than logits.
 #![deny(missing_docs)]
 
+pub mod chat_template;
 pub mod encoder;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod models;
@@ -23,6 +28,10 @@ pub mod nn;
 pub mod presets;
 pub mod tokenize;
 
+pub use chat_template::{ChatMessage, ChatTemplate};
 pub use encoder::{encode_batched, DeviceChoice, Encoder, EncoderOptions, TextRole};
 pub use error::MlError;
+pub use generate::{
+    FinishReason, GenerateOptions, Generation, GenerationStats, Generator, GgufGenerator,
+};
 pub use presets::{load_encoder, models_dir, Preset, PRESETS};

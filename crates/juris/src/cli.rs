@@ -56,6 +56,11 @@ enum Command {
     /// Index the embedded sample laws (en, ja, ar), answer their sample questions and
     /// evaluate the ranking.
     Demo(DemoArgs),
+    /// Generate text from a local GGUF model (preset or file) for one prompt, streamed to
+    /// stdout.
+    Generate(crate::generate_cmd::GenerateArgs),
+    /// Chat with a local GGUF model on stdin (/reset starts over, end of input quits).
+    Chat(crate::generate_cmd::ChatArgs),
 }
 
 /// Analyzer choice, shared by `index` and `analyze`.
@@ -423,6 +428,8 @@ pub fn run(cli: Cli) -> Result<()> {
             other => bail!("unknown models action '{other}' (known: list)"),
         },
         Command::Demo(a) => crate::demo::run(a, &bar),
+        Command::Generate(a) => crate::generate_cmd::cmd_generate(a),
+        Command::Chat(a) => crate::generate_cmd::cmd_chat(a),
     }
 }
 

@@ -8,6 +8,7 @@
 mod cli;
 mod demo;
 mod embed;
+mod generate_cmd;
 mod progress;
 mod retrieve;
 mod search;

@@ -15,7 +15,7 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use sha2::{Digest, Sha256};
 
-use super::decoder_layers::{DecoderDims, WeightMode};
+use super::decoder_layers::{DecoderDims, KvCache, WeightMode};
 use crate::encoder::{Encoder, EncoderOptions, TextRole};
 use crate::error::{MlError, Result};
 use crate::gguf::GgufFile;
@@ -52,6 +52,18 @@ pub trait DecoderLm: Send + Sync + std::fmt::Debug {
     fn forward_hidden(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor>;
     /// Next-token logits `[.., vocab]` for hidden states from [`DecoderLm::forward_hidden`].
     fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
+    /// Number of blocks (a [`KvCache`] holds one entry per block).
+    fn num_layers(&self) -> usize;
+    /// An empty KV cache for one sequence on this model.
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.num_layers())
+    }
+    /// The incremental path of generation: runs `ids` (one sequence) after the tokens
+    /// already in `cache`, appends their keys and values to it, and returns the logits of
+    /// the last new token, `[vocab]` f32. Feeding a prompt at once and then one token at a
+    /// time gives the logits a full forward pass over the whole sequence gives. Fails
+    /// (leaving `cache` unusable: clear it) when the sequence would exceed the context.
+    fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor>;
 }
 
 /// Loads the decoder in `g`, choosing the architecture from `general.architecture`.

@@ -6,6 +6,11 @@
 //!
 //! Positions come from the mask (`cumsum(mask) - 1`), so left- and right-padded batches both
 //! give every real token the position it would have alone.
+//!
+//! Generation uses the incremental path instead: [`KvCache`] keeps each layer's rotated keys
+//! and values, and [`SelfAttention::forward_cached`] attends a chunk of new tokens (the
+//! whole prompt at once, then one token at a time) over the cached ones, with positions
+//! and the causal / sliding-window bias built from the cache's length ([`step_inputs`]).
 
 use std::sync::Arc;
 
@@ -600,6 +605,167 @@ impl SelfAttention {
         let a = attention(&q, &k, &v, self.scale, mask)?;
         self.o.forward(&merge_heads(&a)?)
     }
+
+    /// Attends new tokens `x` `[1, n, hidden]` (normalized input) at `positions` `[1, n]`
+    /// over the keys and values in `cache` plus their own, appending theirs to `cache`.
+    /// `bias` is `[1, 1, n, cached + n]`, or `None` when every key is visible.
+    pub fn forward_cached(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        positions: &Tensor,
+        bias: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let HeadShape {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        } = self.shape;
+        let mut q = split_heads(&self.q.forward(x)?, heads, head_dim)?;
+        let mut k = split_heads(&self.k.forward(x)?, kv_heads, head_dim)?;
+        let v = split_heads(&self.v.forward(x)?, kv_heads, head_dim)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = rope.apply(&q, positions)?;
+        let k = rope.apply(&k, positions)?;
+        let (k, v) = match cache.kv.take() {
+            Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+            None => (k.contiguous()?, v.contiguous()?),
+        };
+        cache.kv = Some((k.clone(), v.clone()));
+        let k = repeat_kv(k, heads / kv_heads)?;
+        let v = repeat_kv(v, heads / kv_heads)?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let scores = match bias {
+            Some(b) => scores.broadcast_add(b)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        self.o.forward(&merge_heads(&probs.matmul(&v)?)?)
+    }
+}
+
+/// Keys (rotated) and values of one attention layer for the tokens seen so far, each
+/// `[1, kv_heads, tokens, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+/// The KV cache of a whole decoder for one sequence: one [`LayerCache`] per block and the
+/// number of tokens already processed (the position of the next token).
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for a model of `layers` blocks.
+    pub fn new(layers: usize) -> KvCache {
+        KvCache {
+            layers: vec![LayerCache::default(); layers],
+            len: 0,
+        }
+    }
+
+    /// Tokens held (the position the next token gets).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token has been processed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every token (a new conversation).
+    pub fn clear(&mut self) {
+        for l in &mut self.layers {
+            l.kv = None;
+        }
+        self.len = 0;
+    }
+
+    /// The per-layer caches, after checking that the cache was made for `layers` blocks.
+    pub fn layers_mut(&mut self, layers: usize) -> Result<&mut [LayerCache]> {
+        if self.layers.len() != layers {
+            return Err(MlError::Mismatch(format!(
+                "the KV cache has {} layers but the model {layers}; make the cache with the model's new_cache()",
+                self.layers.len()
+            )));
+        }
+        Ok(&mut self.layers)
+    }
+
+    /// Records that `n` more tokens went through every layer.
+    pub fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+}
+
+/// Inputs of one incremental step over `ids` after `offset` cached tokens: the ids as a
+/// `[1, n]` tensor, positions `offset..offset + n` as `[1, n]`, and the additive bias
+/// `[1, 1, n, offset + n]` (causal, and with a sliding window when `window` is given);
+/// the bias is `None` when every cached key is visible (a single new token, no window cut),
+/// which saves building and adding it on every decoded token.
+pub fn step_inputs(
+    ids: &[u32],
+    offset: usize,
+    context: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<(Tensor, Tensor, StepBias)> {
+    let n = ids.len();
+    if n == 0 {
+        return Err(MlError::Mismatch(
+            "a decoding step needs at least one token".into(),
+        ));
+    }
+    if offset + n > context {
+        return Err(MlError::Mismatch(format!(
+            "{} tokens ({offset} cached + {n} new) exceed the model's context length of {context} tokens; shorten the prompt or lower max tokens",
+            offset + n
+        )));
+    }
+    let ids_t = Tensor::from_slice(ids, (1, n), device)?;
+    let pos: Vec<u32> = (offset..offset + n).map(|p| p as u32).collect();
+    let positions = Tensor::from_vec(pos, (1, n), device)?;
+    let total = offset + n;
+    let build = |w: Option<usize>| -> Result<Option<Tensor>> {
+        let all_visible = n == 1 && w.is_none_or(|w| total <= w);
+        if all_visible {
+            return Ok(None);
+        }
+        let mut bias = Vec::with_capacity(n * total);
+        for i in offset..total {
+            for j in 0..total {
+                let ok = j <= i && w.is_none_or(|w| i - j < w);
+                bias.push(if ok { 0.0f32 } else { MASKED });
+            }
+        }
+        Ok(Some(Tensor::from_vec(bias, (1, 1, n, total), device)?))
+    };
+    let full = build(None)?;
+    let sliding = match window {
+        Some(w) => build(Some(w))?,
+        None => None,
+    };
+    Ok((ids_t, positions, StepBias { full, sliding }))
+}
+
+/// Additive attention biases of one incremental step (see [`step_inputs`]); `None` means
+/// no masking is needed.
+#[derive(Debug, Clone)]
+pub struct StepBias {
+    /// Causal bias for full-attention layers.
+    pub full: Option<Tensor>,
+    /// Causal + sliding-window bias for sliding layers.
+    pub sliding: Option<Tensor>,
 }
 
 /// Activation of a gated MLP.

@@ -15,8 +15,9 @@ use candle_core::{Device, Tensor};
 
 use super::decoder::DecoderLm;
 use super::decoder_layers::{
-    linear_rope_scaling, vocab_size, BatchMasks, DecoderDims, GateActivation, GatedMlp, HeadShape,
-    OutputHead, RmsNorm, Rope, SelfAttention, TokenEmbedding, WeightMode,
+    linear_rope_scaling, step_inputs, vocab_size, BatchMasks, DecoderDims, GateActivation,
+    GatedMlp, HeadShape, KvCache, OutputHead, RmsNorm, Rope, SelfAttention, TokenEmbedding,
+    WeightMode,
 };
 use crate::error::Result;
 use crate::gguf::GgufFile;
@@ -198,5 +199,42 @@ impl DecoderLm for Gemma3Model {
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.head.forward(hidden, &self.embed)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let offset = cache.len();
+        // Sliding layers keep every key and mask the old ones out: simpler than a ring
+        // buffer, and the memory is small for the context lengths a CPU generates.
+        let (ids, positions, bias) = step_inputs(
+            ids,
+            offset,
+            self.cfg.dims.context,
+            Some(self.cfg.sliding_window),
+            &self.device,
+        )?;
+        let n = ids.dim(1)?;
+        let layers = cache.layers_mut(self.blocks.len())?;
+        let scale = (self.cfg.dims.hidden as f32).sqrt();
+        let mut x = (self.embed.forward(&ids)? * scale as f64)?;
+        for (b, lc) in self.blocks.iter().zip(layers.iter_mut()) {
+            let (rope, bias) = if b.sliding {
+                (&self.rope_local, bias.sliding.as_ref())
+            } else {
+                (&self.rope_global, bias.full.as_ref())
+            };
+            let a = b
+                .attn
+                .forward_cached(&b.attn_norm.forward(&x)?, rope, &positions, bias, lc)?;
+            x = (&x + b.post_attn_norm.forward(&a)?)?;
+            let m = b.mlp.forward(&b.ffn_norm.forward(&x)?)?;
+            x = (&x + b.post_ffn_norm.forward(&m)?)?;
+        }
+        cache.advance(n);
+        let last = self.norm.forward(&x.narrow(1, n - 1, 1)?)?;
+        Ok(self.logits(&last)?.flatten_all()?)
     }
 }

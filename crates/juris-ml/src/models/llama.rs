@@ -11,8 +11,9 @@ use candle_core::{Device, Tensor};
 
 use super::decoder::DecoderLm;
 use super::decoder_layers::{
-    linear_rope_scaling, vocab_size, BatchMasks, DecoderDims, GateActivation, GatedMlp, HeadShape,
-    OutputHead, RmsNorm, Rope, SelfAttention, TokenEmbedding, WeightMode,
+    linear_rope_scaling, step_inputs, vocab_size, BatchMasks, DecoderDims, GateActivation,
+    GatedMlp, HeadShape, KvCache, OutputHead, RmsNorm, Rope, SelfAttention, TokenEmbedding,
+    WeightMode,
 };
 use crate::error::Result;
 use crate::gguf::GgufFile;
@@ -183,5 +184,34 @@ impl DecoderLm for LlamaModel {
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.head.forward(hidden, &self.embed)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let offset = cache.len();
+        let (ids, positions, bias) =
+            step_inputs(ids, offset, self.cfg.dims.context, None, &self.device)?;
+        let n = ids.dim(1)?;
+        let layers = cache.layers_mut(self.blocks.len())?;
+        let mut x = self.embed.forward(&ids)?;
+        for (b, lc) in self.blocks.iter().zip(layers.iter_mut()) {
+            let a = b.attn.forward_cached(
+                &b.attn_norm.forward(&x)?,
+                &self.rope,
+                &positions,
+                bias.full.as_ref(),
+                lc,
+            )?;
+            x = (x + a)?;
+            x = (&x + b.mlp.forward(&b.ffn_norm.forward(&x)?)?)?;
+        }
+        cache.advance(n);
+        // Only the last position's logits are needed: projecting the whole prompt onto the
+        // vocabulary would cost as much as a few layers.
+        let last = self.norm.forward(&x.narrow(1, n - 1, 1)?)?;
+        Ok(self.logits(&last)?.flatten_all()?)
     }
 }
