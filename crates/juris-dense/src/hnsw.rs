@@ -13,6 +13,14 @@
 //! lists are pruned, per target row in parallel. No step depends on thread timing, so the
 //! same store and parameters always give the same graph, on any number of threads.
 //!
+//! **Build cost.** Per inserted row the build scores ~2,500 pairs (50k rows, M = 16,
+//! ef_construction = 100): ~1,200 in the graph walk, ~500 within the batch, ~750 choosing
+//! and pruning neighbours. The walk dominates the time because each of its rows is a cache
+//! miss, so walks prefetch the rows they are about to score (and the next candidate's
+//! list); the batch's all-pairs scores are computed once per pair on rows converted to f32
+//! once per batch; neighbour selection keeps the chosen rows as f32. Together these cut the
+//! 50k build from ~22 to ~15 CPU seconds without changing the graph.
+//!
 //! Neighbours are chosen with the paper's heuristic (a candidate is kept only if it is
 //! closer to the new row than to every neighbour already kept), which keeps links between
 //! clusters; layer 0 allows `2M` links per row, upper layers `M`.
@@ -35,7 +43,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::error::{DenseError, Result};
-use crate::kernels::{dot_f16, dot_f32};
+use crate::kernels::{dot_f16, dot_f32, prefetch};
 use crate::search::{check_query, Hit, Scored, TopK, VectorIndex};
 use crate::store::{sync_dir, write_synced, EmbeddingStore, MatrixView};
 
@@ -45,6 +53,11 @@ pub const HNSW_FILE: &str = "hnsw.bin";
 pub const HNSW_FORMAT_VERSION: u32 = 1;
 /// Largest insertion batch of the parallel build (see the module docs).
 pub const MAX_BATCH: usize = 512;
+/// Rows prefetched ahead of the one being scored during graph walks. Measured on the 50k
+/// bench build (CPU seconds, 2 busy cores): no prefetch 21.8 s; 1 or 2 rows ahead, whole
+/// rows, plus the next candidate's list, ~15 s; 4 rows ahead 16.7 s (too many misses in
+/// flight).
+const PREFETCH_AHEAD: usize = 2;
 const MAGIC: &[u8; 8] = b"JHNSWIDX";
 const MAX_LEVEL: u8 = 16;
 
@@ -202,27 +215,49 @@ impl HnswIndex {
     /// Inserts rows `lo..hi`, given that rows `< lo` form the graph.
     fn insert_batch(&mut self, lo: usize, hi: usize) {
         let dim = self.store.dim();
+        let b = hi - lo;
+        // The batch's rows as f32, converted once: they are the queries of phase 1 and the
+        // operands of its all-pairs scores.
+        let mut rows = vec![0.0f32; b * dim];
+        rows.par_chunks_mut(dim)
+            .enumerate()
+            .for_each(|(i, out)| self.store.row_into(lo + i, out));
+        // All-pairs scores of the batch, each pair computed once (the matrix is symmetric:
+        // `dot_f32` sums `x·y` products, which commute exactly). This used to score every
+        // pair twice against f16 rows: 506 of ~2,500 scores per inserted row at 50k rows.
+        let mut gram = vec![0.0f32; b * b];
+        gram.par_chunks_mut(b).enumerate().for_each(|(i, out)| {
+            let qi = &rows[i * dim..(i + 1) * dim];
+            for (j, o) in out.iter_mut().enumerate().skip(i + 1) {
+                *o = dot_f32(qi, &rows[j * dim..(j + 1) * dim]);
+            }
+        });
+        for i in 0..b {
+            for j in 0..i {
+                gram[i * b + j] = gram[j * b + i];
+            }
+        }
         // Phase 1: each new row's forward lists, from the frozen graph and its batch.
-        let forward: Vec<Vec<Vec<u32>>> = (lo..hi)
+        let forward: Vec<Vec<Vec<u32>>> = (0..b)
             .into_par_iter()
-            .map(|v| {
-                let mut q = vec![0.0; dim];
-                self.store.row_into(v, &mut q);
+            .map(|i| {
+                let v = lo + i;
+                let q = &rows[i * dim..(i + 1) * dim];
                 let lv = self.levels[v] as usize;
-                let mut batch: Vec<Scored> = (lo..hi)
-                    .filter(|&u| u != v)
-                    .map(|u| Scored {
-                        score: self.sim(&q, u as u32),
-                        row: u as u32,
+                let mut batch: Vec<Scored> = (0..b)
+                    .filter(|&j| j != i)
+                    .map(|j| Scored {
+                        score: gram[i * b + j],
+                        row: (lo + j) as u32,
                     })
                     .collect();
                 batch.sort_unstable_by(|a, b| b.cmp(a));
                 let mut lists = vec![Vec::new(); lv + 1];
-                let mut eps = vec![self.greedy_descent(&q, lv)];
+                let mut eps = vec![self.greedy_descent(q, lv)];
                 for l in (0..=lv).rev() {
                     let mut cands = Vec::new();
                     if l <= self.top {
-                        cands = self.search_layer(&q, &eps, self.params.ef_construction, l, lo);
+                        cands = self.search_layer(q, &eps, self.params.ef_construction, l, lo);
                         eps = cands.clone();
                     }
                     cands.extend(
@@ -267,11 +302,21 @@ impl HnswIndex {
                 if list.len() > cap {
                     let mut q = vec![0.0; dim];
                     self.store.row_into(u as usize, &mut q);
+                    // These rows were last touched long ago (cold): load ahead.
+                    for &r in list.iter().take(PREFETCH_AHEAD) {
+                        self.prefetch_row(r);
+                    }
                     let mut cands: Vec<Scored> = list
                         .iter()
-                        .map(|&r| Scored {
-                            score: self.sim(&q, r),
-                            row: r,
+                        .enumerate()
+                        .map(|(i, &r)| {
+                            if let Some(&ahead) = list.get(i + PREFETCH_AHEAD) {
+                                self.prefetch_row(ahead);
+                            }
+                            Scored {
+                                score: self.sim(&q, r),
+                                row: r,
+                            }
                         })
                         .collect();
                     cands.sort_unstable_by(|a, b| b.cmp(a));
@@ -322,9 +367,14 @@ impl HnswIndex {
 
     /// The paper's heuristic: walk candidates best first, keep one when it is more similar
     /// to the base than to every row kept so far, stop at `m`.
+    ///
+    /// Kept rows are held as f32 in a small buffer, so each candidate is converted once
+    /// and compared against cache-resident rows (scores equal `dot_f16`'s: the conversion
+    /// is exact and both kernels sum in the same order, so the graph is unchanged).
     fn select(&self, cands: &[Scored], m: usize) -> Vec<u32> {
         let dim = self.store.dim();
         let mut kept: Vec<u32> = Vec::with_capacity(m);
+        let mut kept_rows: Vec<f32> = Vec::with_capacity(m * dim);
         let mut row = vec![0.0; dim];
         for c in cands {
             if kept.len() >= m {
@@ -334,11 +384,26 @@ impl HnswIndex {
                 continue;
             }
             self.store.row_into(c.row as usize, &mut row);
-            if kept.iter().all(|&k| self.sim(&row, k) < c.score) {
+            if kept_rows
+                .chunks_exact(dim)
+                .all(|k| dot_f32(&row, k) < c.score)
+            {
                 kept.push(c.row);
+                kept_rows.extend_from_slice(&row);
             }
         }
         kept
+    }
+
+    /// Starts loading row `r` into cache (see [`prefetch`]).
+    #[inline]
+    fn prefetch_row(&self, r: u32) {
+        let d = self.store.dim();
+        let r = r as usize;
+        match self.store.view() {
+            MatrixView::F16(m) => prefetch(&m[r * d..(r + 1) * d]),
+            MatrixView::F32(m) => prefetch(&m[r * d..(r + 1) * d]),
+        }
     }
 
     /// Greedy walk from the entry point down to layer `stop + 1`; returns the closest row
@@ -351,7 +416,14 @@ impl HnswIndex {
         for l in ((stop + 1)..=self.top).rev() {
             loop {
                 let mut best = cur;
-                for &nb in self.list(cur.row, l) {
+                let list = self.list(cur.row, l);
+                for &nb in list.iter().take(PREFETCH_AHEAD) {
+                    self.prefetch_row(nb);
+                }
+                for (i, &nb) in list.iter().enumerate() {
+                    if let Some(&ahead) = list.get(i + PREFETCH_AHEAD) {
+                        self.prefetch_row(ahead);
+                    }
                     let s = Scored {
                         score: self.sim(q, nb),
                         row: nb,
@@ -390,13 +462,29 @@ impl HnswIndex {
                     results.push(e);
                 }
             }
+            let mut fresh: Vec<u32> = Vec::with_capacity(self.m0);
             while let Some(c) = cands.pop() {
                 if results.threshold().is_some_and(|w| c < w) {
                     break;
                 }
-                for &nb in self.list(c.row, l) {
-                    if (nb as usize) >= limit || !visited.insert(nb) {
-                        continue;
+                // The next candidate's list is a cache miss too; start loading it now.
+                if let Some(next) = cands.peek() {
+                    prefetch(self.list(next.row, l));
+                }
+                fresh.clear();
+                fresh.extend(
+                    self.list(c.row, l)
+                        .iter()
+                        .filter(|&&nb| (nb as usize) < limit && visited.insert(nb)),
+                );
+                // Rows to score are known up front: keep PREFETCH_AHEAD of them loading
+                // while scoring the current one.
+                for &nb in fresh.iter().take(PREFETCH_AHEAD) {
+                    self.prefetch_row(nb);
+                }
+                for (i, &nb) in fresh.iter().enumerate() {
+                    if let Some(&ahead) = fresh.get(i + PREFETCH_AHEAD) {
+                        self.prefetch_row(ahead);
                     }
                     let s = Scored {
                         score: self.sim(q, nb),

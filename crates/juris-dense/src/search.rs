@@ -8,6 +8,7 @@
 //! to `f32` once (F16C via `half`) and scored against every query of the batch while it is
 //! in cache, so a batch of queries costs one pass over the matrix. Blocks are spread over
 //! rayon's threads; each thread keeps one bounded heap per query and the heaps are merged.
+//! One or two queries skip the conversion and score the f16 rows directly.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -17,7 +18,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::error::{DenseError, Result};
-use crate::kernels::dot_f32;
+use crate::kernels::{dot_f16, dot_f32};
 use crate::store::{EmbeddingStore, MatrixView};
 
 /// A search hit: row number in the store and inner-product score.
@@ -166,6 +167,12 @@ impl TopK {
 /// which stays in a core's L2 cache while every query of a batch is scored against it.
 pub const BLOCK_ROWS: usize = 128;
 
+/// Up to this many queries, [`ExactIndex`] scores f16 rows directly (converting in registers)
+/// instead of converting each block to f32 first: the conversion pass writes and rereads
+/// the block, which for one query costs more than the scoring. `dot_f16` and `dot_f32` on
+/// the converted row agree bit for bit, so both paths rank identically.
+const DIRECT_MAX_QUERIES: usize = 2;
+
 /// Exact search: scores every row. The reference for approximate indexes, and the right
 /// choice up to a few hundred thousand rows or for large query batches.
 #[derive(Debug, Clone)]
@@ -203,6 +210,19 @@ impl ExactIndex {
             let end = (start + BLOCK_ROWS).min(n);
             let rows: &[f32] = match view {
                 MatrixView::F32(m) => &m[start * dim..end * dim],
+                MatrixView::F16(m) if nq <= DIRECT_MAX_QUERIES => {
+                    // Few queries: converting the block would cost more than the scores.
+                    let block = &m[start * dim..end * dim];
+                    for (q, heap) in queries.chunks_exact(dim).zip(heaps.iter_mut()) {
+                        for (j, row) in block.chunks_exact(dim).enumerate() {
+                            heap.push(Scored {
+                                score: dot_f16(q, row),
+                                row: (start + j) as u32,
+                            });
+                        }
+                    }
+                    return (heaps, buf);
+                }
                 MatrixView::F16(m) => {
                     buf.resize((end - start) * dim, 0.0);
                     m[start * dim..end * dim].convert_to_f32_slice(&mut buf);
