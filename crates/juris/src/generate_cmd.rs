@@ -49,13 +49,13 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     fn options(&self) -> Result<GenerateOptions> {
-        if !(self.temperature >= 0.0) {
+        if self.temperature.is_nan() || self.temperature < 0.0 {
             bail!("--temperature must be 0 or more (0 is greedy)");
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             bail!("--top-p must be in (0, 1]");
         }
-        if !(self.repeat_penalty > 0.0) {
+        if self.repeat_penalty.is_nan() || self.repeat_penalty <= 0.0 {
             bail!("--repeat-penalty must be positive (1 is off)");
         }
         Ok(GenerateOptions {
