@@ -108,9 +108,10 @@ pub fn tune(req: &TuneRequest<'_>, bar: &Bar) -> Result<Tuned> {
     let index = Index::open(req.index)?;
     let qrels = Qrels::read(req.qrels)?;
     let all = juris_index::corpus::read_queries(req.queries)?;
+    let judged: std::collections::HashSet<&str> = qrels.query_ids().collect();
     let queries: Vec<&Query> = all
         .iter()
-        .filter(|q| qrels.query_ids().any(|id| id == q.id))
+        .filter(|q| judged.contains(q.id.as_str()))
         .collect();
     if queries.is_empty() {
         bail!(
