@@ -260,13 +260,15 @@ impl Encoder for DecoderEncoder {
     }
 }
 
-/// Loads a GGUF decoder as a last-token-pooling encoder with f32 weights on the CPU.
+/// Loads a GGUF decoder as a last-token-pooling encoder with f32 weights on the device that
+/// `opts` names.
 pub fn load_gguf_encoder(path: &Path, opts: &EncoderOptions) -> Result<Box<dyn Encoder>> {
+    let device = crate::nn::device_for(opts.device)?;
     Ok(Box::new(load_gguf_encoder_with(
         path,
         opts,
         WeightMode::F32,
-        &Device::Cpu,
+        &device,
     )?))
 }
 
