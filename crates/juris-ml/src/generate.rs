@@ -349,6 +349,12 @@ impl GgufGenerator {
         &self.end_ids
     }
 
+    /// Whether the file carries a chat template (or gets Gemma's turns); without one only
+    /// raw prompts can be continued.
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_ok()
+    }
+
     /// The prompt text for `messages` (chat template with the generation prompt).
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
         match &self.template {
@@ -369,13 +375,26 @@ impl GgufGenerator {
         opts.context_limit.map_or(own, |c| c.min(own))
     }
 
-    /// Generates after the prompt `prompt_ids` (see the module docs).
-    pub fn generate_ids(
+    /// Logits of the token that would follow `prompt_ids`, `[vocab]` (one prefill pass on a
+    /// fresh cache; nothing is generated). For scoring fixed answers by their likelihood, as
+    /// lm-eval-harness does for multiple choice. Fails like [`GgufGenerator::generate_ids`]
+    /// on an empty prompt or one that leaves no room in the context.
+    pub fn next_token_logits(
         &self,
         prompt_ids: &[u32],
         opts: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
-    ) -> Result<Generation> {
+    ) -> Result<Vec<f32>> {
+        self.check_prompt(prompt_ids, opts)?;
+        let mut cache = self.model.new_cache();
+        Ok(self
+            .model
+            .forward_step(prompt_ids, &mut cache)?
+            .to_vec1::<f32>()?)
+    }
+
+    /// The context length for `opts`, after checking that `prompt_ids` is not empty and
+    /// leaves room for at least one generated token.
+    fn check_prompt(&self, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<usize> {
         let context = self.context_length(opts);
         if prompt_ids.is_empty() {
             return Err(MlError::Mismatch(
@@ -398,6 +417,17 @@ impl GgufGenerator {
                 context.saturating_sub(1)
             )));
         }
+        Ok(context)
+    }
+
+    /// Generates after the prompt `prompt_ids` (see the module docs).
+    pub fn generate_ids(
+        &self,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        let context = self.check_prompt(prompt_ids, opts)?;
         let mut sampler = Sampler::new(opts);
         let mut cache = self.model.new_cache();
         let mut history = prompt_ids.to_vec();

@@ -152,3 +152,34 @@ fn smollm2_cache_matches_full_forward() {
         );
     }
 }
+
+#[test]
+fn next_token_logits_are_the_first_step_of_generation() {
+    use juris_ml::{GenerateOptions, GgufGenerator};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llama.gguf");
+    write_tiny(&path, &Tiny::default());
+    let gen = GgufGenerator::load_cpu(&path, WeightMode::F32).unwrap();
+    let ids = tiny_ids(7);
+    let opts = GenerateOptions {
+        max_tokens: 1,
+        ..Default::default()
+    };
+    let logits = gen.next_token_logits(&ids, &opts).unwrap();
+    assert_eq!(logits.len(), gen.model().vocab_size());
+    let mut cache = gen.model().new_cache();
+    let step = gen.model().forward_step(&ids, &mut cache).unwrap();
+    assert_eq!(logits, step.to_vec1::<f32>().unwrap());
+    let greedy = gen
+        .generate_ids(&ids, &opts, &mut |_| std::ops::ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(greedy.tokens[0], juris_ml::generate::argmax(&logits));
+    // The same refusals as generation: an empty prompt, and one that leaves no room.
+    assert!(gen.next_token_logits(&[], &opts).is_err());
+    let ctx = gen.model().context_length();
+    let err = gen
+        .next_token_logits(&tiny_ids(ctx), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shorten the prompt"), "{err}");
+}
