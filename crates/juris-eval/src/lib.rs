@@ -9,6 +9,8 @@
 //! * [`compare`] runs a paired t-test and a paired randomization test on two
 //!   reports ([`significance`]).
 //! * [`Report::to_table`] / [`Report::to_json`] render results.
+//! * [`qa`]: answer-quality metrics (SQuAD token F1, ROUGE-L) for Arabic, Japanese and
+//!   English answers.
 //!
 //! **Key design decision: trec_eval parity.** Metrics reproduce trec_eval
 //! (as wrapped by pytrec_eval) exactly, including its ranking rule: a query's
@@ -46,6 +48,7 @@
 mod error;
 mod lines;
 pub mod metrics;
+pub mod qa;
 pub mod qrels;
 pub mod report;
 pub mod run;
