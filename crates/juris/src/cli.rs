@@ -61,6 +61,12 @@ enum Command {
     Generate(crate::generate_cmd::GenerateArgs),
     /// Chat with a local GGUF model on stdin (/reset starts over, end of input quits).
     Chat(crate::generate_cmd::ChatArgs),
+    /// Answer a question from the indexed law with a local GGUF model, citing the retrieved
+    /// articles it relies on.
+    Ask(crate::ask::AskArgs),
+    /// Score a model's answers on a data set with answers: Y/N accuracy (COLIEE Task 4),
+    /// ROUGE-L and token F1, citation hits and retrieval recall.
+    EvalQa(crate::eval_qa::EvalQaArgs),
 }
 
 /// Analyzer choice, shared by `index` and `analyze`.
@@ -213,7 +219,7 @@ impl DenseArgs {
     }
 }
 
-fn parse_device(s: &str) -> Result<juris_ml::DeviceChoice> {
+pub(crate) fn parse_device(s: &str) -> Result<juris_ml::DeviceChoice> {
     Ok(match s {
         "cpu" => juris_ml::DeviceChoice::Cpu,
         "cuda" | "gpu" => juris_ml::DeviceChoice::Cuda(0),
@@ -430,6 +436,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => crate::demo::run(a, &bar),
         Command::Generate(a) => crate::generate_cmd::cmd_generate(a),
         Command::Chat(a) => crate::generate_cmd::cmd_chat(a),
+        Command::Ask(a) => crate::ask::cmd_ask(a),
+        Command::EvalQa(a) => crate::eval_qa::cmd_eval_qa(a, &bar),
     }
 }
 

@@ -48,7 +48,7 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    fn options(&self) -> Result<GenerateOptions> {
+    pub(crate) fn options(&self) -> Result<GenerateOptions> {
         if self.temperature.is_nan() || self.temperature < 0.0 {
             bail!("--temperature must be 0 or more (0 is greedy)");
         }
@@ -102,7 +102,7 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
 }
 
-fn load(model: &str, f32: bool) -> Result<GgufGenerator> {
+pub(crate) fn load(model: &str, f32: bool) -> Result<GgufGenerator> {
     let path: PathBuf = juris_ml::presets::resolve_model(model)?;
     if !path.is_file() {
         bail!(
@@ -120,7 +120,7 @@ fn load(model: &str, f32: bool) -> Result<GgufGenerator> {
 
 /// Prints each piece as it comes (flushing, so a terminal sees tokens one by one); a closed
 /// stdout (e.g. piped into `head`) stops generation instead of failing.
-fn printer() -> impl FnMut(&str) -> ControlFlow<()> {
+pub(crate) fn printer() -> impl FnMut(&str) -> ControlFlow<()> {
     move |piece: &str| {
         let mut out = std::io::stdout().lock();
         if out.write_all(piece.as_bytes()).is_err() || out.flush().is_err() {
@@ -130,7 +130,7 @@ fn printer() -> impl FnMut(&str) -> ControlFlow<()> {
     }
 }
 
-fn print_stats(g: &Generation, quiet: bool) {
+pub(crate) fn print_stats(g: &Generation, quiet: bool) {
     if quiet {
         return;
     }

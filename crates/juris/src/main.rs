@@ -5,9 +5,11 @@
 //! orchestration kept here is [`retrieve`]: the `Retriever` seam that joins BM25 and dense
 //! search for `search`, `tune` and the benchmarks.
 
+mod ask;
 mod cli;
 mod demo;
 mod embed;
+mod eval_qa;
 mod generate_cmd;
 mod progress;
 mod retrieve;

@@ -3,21 +3,10 @@
 //! seed gives the same text twice, and a prompt longer than the context exits 2 with a
 //! message that says so.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn tiny() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tinycoder/tiny.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        println!(
-            "skipped: {} missing; run bash scripts/fetch-models.sh",
-            p.display()
-        );
-        None
-    }
-}
+use common::tiny_model as tiny;
+use std::process::{Command, Output};
 
 fn juris(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_juris"))

@@ -10,6 +10,21 @@ pub fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
 }
 
+/// The fetched tiny random decoder (`models/tinycoder/tiny.gguf`), or `None` after saying
+/// that the test is skipped.
+pub fn tiny_model() -> Option<PathBuf> {
+    let p = models_dir().join("tinycoder/tiny.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        println!(
+            "skipped: {} missing; run bash scripts/fetch-models.sh",
+            p.display()
+        );
+        None
+    }
+}
+
 /// Runs `juris` with the words of `line` as arguments (for commands whose arguments hold no
 /// spaces; paths of temporary folders do not) and returns stdout; panics on failure.
 pub fn ok_line(line: &str) -> String {

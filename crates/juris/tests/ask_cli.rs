@@ -1,0 +1,185 @@
+//! End-to-end `juris ask` and `juris eval-qa` on the fetched tiny random model
+//! (`models/tinycoder/tiny.gguf`: no chat template, so the plain "Answer:" prompt): the JSON
+//! answer has the documented fields and every kept citation is a retrieved article; eval-qa
+//! scores Y/N and free-text answers and writes one JSON line per query. Bad inputs exit 2
+//! with a message: an empty question, a question longer than the context, an unknown model
+//! file, and a queries file without answers.
+
+mod common;
+
+use common::{fails, ok, s, tiny_model as tiny, write_inputs};
+use std::path::{Path, PathBuf};
+
+const QUERIES: &str = r#"{"_id": "q1", "text": "Is a juristic act contrary to public order void?", "answer": "Y"}
+{"_id": "q2", "text": "May a lessee sublease without the consent of the lessor?", "answer": "N"}
+{"_id": "q3", "text": "كم يوما إجازة العامل السنوية؟", "answer": "أربعة عشر يوما بأجر كامل.", "lang": "ar"}
+{"_id": "q4", "text": "公序良俗に反する法律行為は有効か", "answer": "無効とする。"}
+"#;
+
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    write_inputs(dir.path(), QUERIES);
+    let idx = dir.path().join("idx");
+    let corpus = dir.path().join("corpus.jsonl");
+    ok(&["index", "--corpus", s(&corpus), "--out", s(&idx)]);
+    (dir, idx)
+}
+
+/// `juris ask --index idx --model model` with `args`.
+fn ask(idx: &Path, model: &Path, args: &[&str]) -> String {
+    let mut all = vec!["ask", "--index", s(idx), "--model", s(model)];
+    all.extend_from_slice(args);
+    ok(&all)
+}
+
+#[test]
+fn ask_json_has_the_schema_and_cites_only_retrieved_articles() {
+    let Some(model) = tiny() else { return };
+    let (_dir, idx) = setup();
+    let out = ask(
+        &idx,
+        &model,
+        &[
+            "--json",
+            "--max-tokens",
+            "24",
+            "Is a juristic act contrary to public order void? [civil:90]",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    for key in [
+        "question",
+        "language",
+        "answer",
+        "citations",
+        "dropped_citations",
+        "retrieved",
+        "model",
+        "timings",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {out}");
+    }
+    assert_eq!(v["language"], "en");
+    for key in [
+        "retrieve_ms",
+        "prompt_tokens",
+        "prompt_ms",
+        "generated_tokens",
+        "generate_ms",
+    ] {
+        assert!(v["timings"][key].is_number(), "timings.{key}: {out}");
+    }
+    let retrieved: Vec<&str> = v["retrieved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(retrieved.first(), Some(&"civil:90"), "{out}");
+    for c in v["citations"].as_array().unwrap() {
+        assert!(retrieved.contains(&c["id"].as_str().unwrap()), "{out}");
+        assert!(c["snippet"].is_string() && c["score"].is_number());
+    }
+    assert!(v["timings"]["prompt_tokens"].as_u64().unwrap() > 10);
+
+    // Nothing relevant: the fixed line, and no generation.
+    let out = ask(&idx, &model, &["--json", "quantum chromodynamics"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["answer"],
+        "The retrieved articles do not answer this question."
+    );
+    assert_eq!(v["answered"], false);
+    assert_eq!(v["timings"]["generated_tokens"], 0);
+    // Text mode says so in words.
+    let out = ask(&idx, &model, &["quantum chromodynamics"]);
+    assert!(out.contains("do not answer this question"), "{out}");
+}
+
+#[test]
+fn ask_refuses_bad_input_clearly() {
+    let (_dir, idx) = setup();
+    let err = fails(&["ask", "--index", s(&idx), "   "]);
+    assert!(err.contains("question is empty"), "{err}");
+    let err = fails(&[
+        "ask",
+        "--index",
+        s(&idx),
+        "--model",
+        "/no/such/model.gguf",
+        "void?",
+    ]);
+    assert!(err.contains("no such model file"), "{err}");
+    let Some(model) = tiny() else { return };
+    // tiny.gguf's context is 2048 tokens.
+    let long = "void ".repeat(3000);
+    let err = fails(&["ask", "--index", s(&idx), "--model", s(&model), &long]);
+    assert!(err.contains("shorten the question"), "{err}");
+}
+
+#[test]
+fn eval_qa_scores_yes_no_and_free_text_and_writes_rows() {
+    let Some(model) = tiny() else { return };
+    let (dir, idx) = setup();
+    let rows = dir.path().join("rows.jsonl");
+    let (queries, qrels) = (
+        dir.path().join("queries.jsonl"),
+        dir.path().join("qrels.tsv"),
+    );
+    for source in ["gold", "retrieved"] {
+        let out = ok(&[
+            "eval-qa",
+            "--index",
+            s(&idx),
+            "--queries",
+            s(&queries),
+            "--qrels",
+            s(&qrels),
+            "--articles",
+            source,
+            "-k",
+            "2",
+            "--model",
+            s(&model),
+            "--max-tokens",
+            "8",
+            "--output",
+            s(&rows),
+        ]);
+        assert!(
+            out.contains("yes/no accuracy") && out.contains("rouge-l f1"),
+            "{out}"
+        );
+        assert!(out.contains("token f1"), "{out}");
+        assert_eq!(out.contains("recall@2"), source == "retrieved", "{out}");
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&rows)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0]["kind"], "yes_no");
+        assert!(lines[0]["yes_logit"].is_number());
+        assert_eq!(lines[2]["kind"], "free_text");
+        let rl = lines[2]["rouge_l"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&rl));
+    }
+}
+
+#[test]
+fn eval_qa_without_answers_says_what_it_needs() {
+    let (dir, idx) = setup();
+    let plain = dir.path().join("plain.jsonl");
+    std::fs::write(&plain, "{\"_id\": \"q1\", \"text\": \"void?\"}\n").unwrap();
+    let qrels = dir.path().join("qrels.tsv");
+    let err = fails(&[
+        "eval-qa",
+        "--index",
+        s(&idx),
+        "--queries",
+        s(&plain),
+        "--qrels",
+        s(&qrels),
+    ]);
+    assert!(err.contains("no query has an `answer`"), "{err}");
+}
