@@ -6,7 +6,7 @@
 //! target/release/examples/qps --corpus /work/shared/data/scifact/corpus.jsonl \
 //!     --queries /work/shared/data/scifact/queries.jsonl [--copies 97] [--reps 5] \
 //!     [--stopwords stop.txt] [--analyzer en-snowball] [--strategy auto|exhaustive|accumulate|tiled|maxscore] \
-//!     [--out DIR] [--k 10] [--threads 1]
+//!     [--out DIR] [--k 10] [--threads 1] [--lang en] [--reuse]
 //! ```
 //!
 //! Tokenization, unless `--analyzer` picks a juris-text analyzer: lowercase, maximal runs of
@@ -50,6 +50,7 @@ struct Args {
     out: Option<PathBuf>,
     threads: usize,
     reuse: bool,
+    lang: Option<juris_text::Lang>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -65,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         out: None,
         threads: 1,
         reuse: false,
+        lang: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -80,6 +82,9 @@ fn parse_args() -> Result<Args, String> {
             "--analyzer" => a.analyzer = Some(val()?),
             "--out" => a.out = Some(val()?.into()),
             "--reuse" => a.reuse = true,
+            "--lang" => {
+                a.lang = Some(juris_text::Lang::parse(&val()?).map_err(|e| format!("--lang: {e}"))?)
+            }
             "--strategy" => {
                 a.strategy = match val()?.as_str() {
                     "auto" => Strategy::Auto,
@@ -168,6 +173,8 @@ fn run_in_pool(a: &Args) -> Result<(), String> {
             config.analyzer.set(lang, name);
         }
     }
+    // `--lang en`: every text is English (what `juris index --lang en` and bench/speed.py do).
+    config.analyzer.fixed = a.lang;
     let docs = (0..a.copies).flat_map(|c| {
         corpus.iter().map(move |r| Document {
             id: if a.copies > 1 {
