@@ -228,6 +228,43 @@ const NEG_ZERO: u32 = 0x8000_0000;
 /// Documents per tile of the tiled exhaustive path (8192 × 4 bytes: fits L1).
 const TILE: usize = 8192;
 
+/// Offers every touched entry of `acc` (document `base + i` scoring `absent + acc[i]`;
+/// untouched entries hold `-0.0`) to `top`, and resets `acc` to `-0.0`. Entries are tested
+/// 16 at a time against a threshold below the heap's floor (lowered by a relative margin so
+/// that rounding of `absent + v` cannot matter); once the heap is full most blocks fail the
+/// test with a few vector instructions. Fixed-size blocks let the compiler unroll the test
+/// and the reset (callgrind on scifact: ~75 → ~25 instructions per 16 documents).
+fn scan_reset(acc: &mut [f32], base: usize, absent: f32, top: &mut TopK) {
+    let thr_of = |top: &TopK| {
+        let floor = top.floor;
+        if floor.is_finite() {
+            let margin = (floor.abs() + absent.abs()) * 1e-5 + f32::MIN_POSITIVE;
+            floor - absent - margin
+        } else {
+            f32::NEG_INFINITY
+        }
+    };
+    let offer = |top: &mut TopK, block: &[f32], first: usize| {
+        for (j, v) in block.iter().enumerate() {
+            if v.to_bits() != NEG_ZERO {
+                top.push(absent + *v, (first + j) as u32);
+            }
+        }
+    };
+    let mut thr = thr_of(top);
+    let (blocks, rest) = acc.as_chunks_mut::<16>();
+    for (bi, block) in blocks.iter_mut().enumerate() {
+        if block.iter().fold(false, |a, &v| a | (v >= thr)) {
+            offer(top, block, base + bi * 16);
+            thr = thr_of(top);
+        }
+        *block = [-0.0; 16];
+    }
+    let first = base + blocks.len() * 16;
+    offer(top, rest, first);
+    rest.fill(-0.0);
+}
+
 /// Smallest position `≥ pos` whose document is `≥ target` (lists ascend): a short linear
 /// scan (most jumps are short and the next cache lines are being prefetched anyway), then
 /// galloping and binary search for long jumps.
@@ -517,26 +554,7 @@ impl Index {
             }
             acc[n..].fill(-0.0);
             let mut top = TopK::new(k);
-            for (ci, chunk) in acc[..n].chunks_mut(16).enumerate() {
-                // Entries below `thr` cannot reach the heap's floor (lowered by a relative
-                // margin so that rounding of `absent + v` cannot matter); untouched entries
-                // (-0.0) are skipped below. Most chunks fail the test once the heap is full.
-                let floor = top.floor;
-                let thr = if floor.is_finite() {
-                    let margin = (floor.abs() + absent.abs()) * 1e-5 + f32::MIN_POSITIVE;
-                    floor - absent - margin
-                } else {
-                    f32::NEG_INFINITY
-                };
-                if chunk.iter().fold(false, |a, &v| a | (v >= thr)) {
-                    for (j, v) in chunk.iter().enumerate() {
-                        if v.to_bits() != NEG_ZERO {
-                            top.push(absent + *v, (ci * 16 + j) as u32);
-                        }
-                    }
-                }
-                chunk.fill(-0.0);
-            }
+            scan_reset(&mut acc[..n], 0, absent, &mut top);
             if beyond {
                 let bad = q
                     .iter()
@@ -595,26 +613,7 @@ impl Index {
                     }
                     *p = i;
                 }
-                // Entries below `thr` cannot reach the heap's floor (`thr` is lowered by a
-                // relative margin so that rounding of `absent + v` cannot matter).
-                let floor = top.floor;
-                let thr = if floor.is_finite() {
-                    let margin = (floor.abs() + absent.abs()) * 1e-5 + f32::MIN_POSITIVE;
-                    floor - absent - margin
-                } else {
-                    f32::NEG_INFINITY
-                };
-                for (ci, chunk) in tile[..t1 - t0].chunks_mut(16).enumerate() {
-                    let any = chunk.iter().fold(false, |a, &v| a | (v >= thr));
-                    if any {
-                        for (j, v) in chunk.iter().enumerate() {
-                            if v.to_bits() != NEG_ZERO {
-                                top.push(absent + *v, (t0 + ci * 16 + j) as u32);
-                            }
-                        }
-                    }
-                    chunk.fill(-0.0);
-                }
+                scan_reset(&mut tile[..t1 - t0], t0, absent, &mut top);
                 t0 = t1;
             }
             if bad.is_some() {
