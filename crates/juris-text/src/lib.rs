@@ -12,6 +12,7 @@
 pub mod analyzer;
 pub mod analyzers;
 pub mod error;
+pub mod fxhash;
 pub mod lang;
 pub mod normalize;
 pub mod structure;

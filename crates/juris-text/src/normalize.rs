@@ -24,6 +24,15 @@ pub fn nfkc(text: &str) -> Cow<'_, str> {
 
 /// NFKC, then Unicode lowercase. The front half of every analyzer.
 pub fn nfkc_lower(text: &str) -> String {
+    if text.is_ascii() {
+        // ASCII is already NFKC, and its Unicode lowercase is the ASCII one.
+        return text.to_ascii_lowercase();
+    }
+    nfkc_lower_general(text)
+}
+
+/// [`nfkc_lower`] without the ASCII fast path.
+fn nfkc_lower_general(text: &str) -> String {
     let n = nfkc(text);
     let mut out = String::with_capacity(n.len());
     for c in n.chars() {
@@ -248,7 +257,7 @@ fn leading_japanese_number(s: &str) -> Option<(u64, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -257,6 +266,28 @@ mod tests {
         assert_eq!(nfkc("ｶﾀｶﾅ"), "カタカナ");
         assert!(matches!(nfkc("plain ascii"), Cow::Borrowed(_)));
         assert_eq!(nfkc_lower("Ｌａｗ ＡＣＴ"), "law act");
+    }
+
+    /// Texts for checking fast paths against the general code: ASCII, Latin with accents and
+    /// ligatures, full-width, typographic apostrophes, Arabic, Japanese, combining marks.
+    pub(crate) const MIXED: &[&str] = &[
+        "",
+        "The Lessee's rights under Article 612(2) aren't VOID; o'brien ''x' 'quoted'",
+        "ALL CAPS, digits 0123456789 and punctuation !\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n",
+        "Café naïve ÉCOLE ﬁnance Straße İstanbul ΣΟΦΙΑ the parties’ agreement ʼx‘y",
+        "ＦＵＬＬ－ｗｉｄｔｈ ＡＢＣ１２３ ｶﾀｶﾅ",
+        "ما هي عقوبة السرقة في القانون الأردني؟ المادة ١٢٣ \u{FEFB}",
+        "民法第九十条の規定により無効とする。NPO法人の設立について",
+        "e\u{0301}te\u{0301} क्ष x \u{0301} lone",
+    ];
+
+    #[test]
+    fn ascii_fast_path_matches_general() {
+        for t in MIXED {
+            assert_eq!(nfkc_lower(t), nfkc_lower_general(t), "{t:?}");
+        }
+        // The tokenizers skip the combining-mark lookup for ASCII.
+        assert!((0u8..128).all(|b| !is_mark(char::from(b))));
     }
 
     #[test]

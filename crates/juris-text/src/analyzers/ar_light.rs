@@ -16,6 +16,7 @@
 //! (so وفي and فيما-like clitic forms of a stopword are dropped too).
 
 use super::words::for_each_word;
+use crate::fxhash::FxBuild;
 use crate::normalize::normalize_arabic;
 use crate::Analyzer;
 use std::collections::HashSet;
@@ -162,8 +163,8 @@ pub const AR_STOPWORDS: &[&str] = &[
     "ماهو",
 ];
 
-fn stopwords() -> &'static HashSet<String> {
-    static SET: OnceLock<HashSet<String>> = OnceLock::new();
+fn stopwords() -> &'static HashSet<String, FxBuild> {
+    static SET: OnceLock<HashSet<String, FxBuild>> = OnceLock::new();
     SET.get_or_init(|| AR_STOPWORDS.iter().map(|w| normalize_arabic(w)).collect())
 }
 

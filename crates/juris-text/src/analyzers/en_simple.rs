@@ -14,6 +14,9 @@ pub struct EnSimple;
 /// Lowercased NFKC text with typographic apostrophes (’ ‘ ʼ ＇) folded to `'`.
 pub(crate) fn normalize_en(text: &str) -> String {
     let mut s = nfkc_lower(text);
+    if text.is_ascii() {
+        return s; // no typographic apostrophe
+    }
     if s.contains(['\u{2019}', '\u{2018}', '\u{02BC}']) {
         s = s.replace(['\u{2019}', '\u{2018}', '\u{02BC}'], "'");
     }
@@ -31,6 +34,12 @@ pub(crate) fn for_each_en_word(norm: &str, mut sink: impl FnMut(&str)) {
         }
     };
     for_each_run(norm, classify, |run, _| {
+        // Most runs hold no apostrophe: the run is then the word (and splitting would build
+        // a substring searcher per word).
+        if !run.contains('\'') {
+            sink(run);
+            return;
+        }
         // Split the run at apostrophes that are not between two word characters.
         for word in split_apostrophes(run) {
             let word = word.strip_suffix("'s").unwrap_or(word);
@@ -85,5 +94,31 @@ mod tests {
         );
         assert_eq!(EnSimple.analyze("ＦＵＬＬ－ｗｉｄｔｈ"), ["full", "width"]);
         assert!(EnSimple.analyze("' '' '''").is_empty());
+    }
+
+    #[test]
+    fn apostrophe_free_fast_path_matches_splitting() {
+        let classify = |c: char| {
+            if is_word_char(c) || c == '\'' {
+                Class::Word
+            } else {
+                Class::Sep
+            }
+        };
+        for t in crate::normalize::tests::MIXED {
+            let norm = normalize_en(t);
+            let mut fast = Vec::new();
+            for_each_en_word(&norm, |w| fast.push(w.to_string()));
+            let mut slow = Vec::new();
+            for_each_run(&norm, classify, |run, _| {
+                for word in split_apostrophes(run) {
+                    let word = word.strip_suffix("'s").unwrap_or(word);
+                    if !word.is_empty() {
+                        slow.push(word.to_string());
+                    }
+                }
+            });
+            assert_eq!(fast, slow, "{t:?}");
+        }
     }
 }

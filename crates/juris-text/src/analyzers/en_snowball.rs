@@ -7,6 +7,7 @@
 
 use super::en_simple::{for_each_en_word, normalize_en};
 use super::stem_cache::{with_stem, Memo};
+use crate::fxhash::FxBuild;
 use crate::Analyzer;
 use rust_stemmers::{Algorithm, Stemmer};
 use std::collections::HashSet;
@@ -196,8 +197,8 @@ pub const EN_STOPWORDS: &[&str] = &[
     "herein",
 ];
 
-fn stopwords() -> &'static HashSet<&'static str> {
-    static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
+fn stopwords() -> &'static HashSet<&'static str, FxBuild> {
+    static SET: OnceLock<HashSet<&'static str, FxBuild>> = OnceLock::new();
     SET.get_or_init(|| EN_STOPWORDS.iter().copied().collect())
 }
 

@@ -3,6 +3,7 @@
 //! so each thread keeps the stems it has computed. The cache is cleared when it reaches
 //! [`MAX_ENTRIES`], which bounds memory on corpora with huge vocabularies.
 
+use crate::fxhash::FxBuild;
 #[cfg(test)]
 use rust_stemmers::Algorithm;
 use rust_stemmers::Stemmer;
@@ -13,7 +14,7 @@ use std::collections::HashMap;
 pub(crate) const MAX_ENTRIES: usize = 1 << 18;
 
 thread_local! {
-    static MEMO: RefCell<[HashMap<String, Box<str>>; 2]> = RefCell::new([HashMap::new(), HashMap::new()]);
+    static MEMO: RefCell<[HashMap<String, Box<str>, FxBuild>; 2]> = RefCell::new(Default::default());
 }
 
 /// Which memo a stemmer uses; one per algorithm, so languages never share entries.

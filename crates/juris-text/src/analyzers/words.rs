@@ -47,7 +47,8 @@ pub(crate) fn for_each_run(
     let mut cur = Class::Sep;
     for (i, c) in text.char_indices() {
         let class = match classify(c) {
-            Class::Sep if cur != Class::Sep && is_mark(c) => cur,
+            // (No ASCII character is a combining mark: skip the table lookup.)
+            Class::Sep if cur != Class::Sep && !c.is_ascii() && is_mark(c) => cur,
             k => k,
         };
         if class != cur {
