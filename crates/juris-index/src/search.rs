@@ -297,13 +297,19 @@ impl Index {
     /// Resolves query terms: known terms in first-occurrence order with their counts, and
     /// `Σ w·absent`.
     fn prepare<S: AsRef<str>>(&self, terms: &[S]) -> Result<(Vec<QTerm>, f32), IndexError> {
+        self.prepare_ids(terms.iter().filter_map(|t| self.data.find_term(t.as_ref())))
+    }
+
+    /// [`Index::prepare`] for the term numbers of the known query terms, in query order.
+    fn prepare_ids(
+        &self,
+        term_ids: impl Iterator<Item = u32>,
+    ) -> Result<(Vec<QTerm>, f32), IndexError> {
         let (_, term_w) = self.weights();
-        let mut ids: Vec<u32> = Vec::with_capacity(terms.len());
-        let mut q: Vec<QTerm> = Vec::with_capacity(terms.len());
-        for t in terms {
-            let Some(id) = self.data.find_term(t.as_ref()) else {
-                continue;
-            };
+        let cap = term_ids.size_hint().1.unwrap_or(0);
+        let mut ids: Vec<u32> = Vec::with_capacity(cap);
+        let mut q: Vec<QTerm> = Vec::with_capacity(cap);
+        for id in term_ids {
             if let Some(i) = ids.iter().position(|&x| x == id) {
                 q[i].w += 1.0;
                 continue;
@@ -360,8 +366,15 @@ impl Index {
         lang: Option<Lang>,
         k: usize,
     ) -> Result<Vec<Hit>, IndexError> {
-        let terms = self.analyzers.analyze(query, lang)?;
-        self.search_terms(&terms, k)
+        // Terms are looked up as the analyzer hands them out: no string is allocated.
+        let mut ids: Vec<u32> = Vec::with_capacity(16);
+        self.analyzers.analyze_with(query, lang, &mut |t| {
+            if let Some(id) = self.data.find_term(t) {
+                ids.push(id);
+            }
+        })?;
+        let (q, absent) = self.prepare_ids(ids.into_iter())?;
+        self.search_prepared(q, absent, &SearchOptions::top(k))
     }
 
     /// The top `k` hits for already-analyzed query terms.
@@ -380,6 +393,16 @@ impl Index {
         opts: &SearchOptions,
     ) -> Result<Vec<Hit>, IndexError> {
         let (q, absent) = self.prepare(terms)?;
+        self.search_prepared(q, absent, opts)
+    }
+
+    /// Ranks resolved query terms.
+    fn search_prepared(
+        &self,
+        q: Vec<QTerm>,
+        absent: f32,
+        opts: &SearchOptions,
+    ) -> Result<Vec<Hit>, IndexError> {
         if q.is_empty() || opts.k == 0 {
             return Ok(Vec::new());
         }
