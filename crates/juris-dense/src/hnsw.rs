@@ -76,11 +76,14 @@ pub struct HnswParams {
     pub seed: u64,
 }
 
+/// M = 32 and ef_construction = 200 by default: on 1M × 384 synthetic clustered vectors
+/// (BENCHMARKS.md) M = 16 / 100 plateaued at recall@10 0.94 while 32 / 200 reached 0.984 at
+/// ef_search 64, 25× faster than exact search.
 impl Default for HnswParams {
     fn default() -> Self {
         HnswParams {
-            m: 16,
-            ef_construction: 100,
+            m: 32,
+            ef_construction: 200,
             ef_search: 64,
             seed: 0x006a_7572_6973,
         }
