@@ -13,7 +13,12 @@ Token counts: ids after truncation, special tokens and prefix included, from jur
 tokenizer; for MiniLM the PyTorch side counts with its own tokenizer and the script checks
 the two agree.
 
+GPU: `--device cuda` runs both sides on the GPU (PyTorch f32 as sentence-transformers
+defaults to, candle f32), with `--bin` naming a prebuilt `--features cuda` example and
+`--data` the folder holding the datasets.
+
 usage: /work/cache/mlvenv/bin/python bench/encode_speed.py [--runs 3] [--models minilm,e5]
+       [--device cpu|cuda] [--bin PATH] [--data DIR] [--threads 2]
 """
 import argparse
 import datetime
@@ -30,11 +35,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "examples" / "encode_speed"
 OUT = ROOT / "bench" / "out"
-COLIEE = "/work/shared/data/coliee_statute_en/corpus.jsonl"
-JORDAN = "/work/shared/data/jordan_law_qa_ar/corpus.jsonl"
+DATA = ROOT.parent / "shared" / "data"
 THREADS, BATCH, MAX_LEN = 2, 32, 256
-ENV = dict(os.environ, RAYON_NUM_THREADS=str(THREADS), OMP_NUM_THREADS=str(THREADS),
-           MKL_NUM_THREADS=str(THREADS), TOKENIZERS_PARALLELISM="false")
+DEVICE = "cpu"
+ENV = {}
+
+
+def set_threads(n):
+    global THREADS, ENV
+    THREADS = n
+    ENV = dict(os.environ, RAYON_NUM_THREADS=str(n), OMP_NUM_THREADS=str(n),
+               MKL_NUM_THREADS=str(n), TOKENIZERS_PARALLELISM="false")
+
+
+set_threads(THREADS)
+
+
+def sync():
+    if DEVICE != "cpu":
+        import torch
+        torch.cuda.synchronize()
 
 
 def read_corpus(path, limit=None):
@@ -52,7 +72,8 @@ def read_corpus(path, limit=None):
 
 def juris(model, corpus, limit, runs=1):
     cmd = [str(BIN), "--model", model, "--corpus", corpus, "--batch", str(BATCH),
-           "--max-len", str(MAX_LEN), "--threads", str(THREADS), "--runs", str(runs)]
+           "--max-len", str(MAX_LEN), "--threads", str(THREADS), "--runs", str(runs),
+           "--device", DEVICE]
     if limit:
         cmd += ["--limit", str(limit)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT)
@@ -155,7 +176,7 @@ class E5Torch:
         import torch
         from transformers import XLMRobertaModel
         self.model = XLMRobertaModel.from_pretrained(str(folder), attn_implementation="sdpa",
-                                                     add_pooling_layer=False).eval()
+                                                     add_pooling_layer=False).eval().to(DEVICE)
         self.pad = pad
 
     def encode(self, id_lists):
@@ -171,13 +192,16 @@ class E5Torch:
                 for r, i in enumerate(idx):
                     ids[r, :len(id_lists[i])] = torch.tensor(id_lists[i])
                     mask[r, :len(id_lists[i])] = 1
+                ids, mask = ids.to(DEVICE), mask.to(DEVICE)
                 h = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
                 m = mask.unsqueeze(-1).float()
                 v = (h * m).sum(1) / m.sum(1)
                 v = torch.nn.functional.normalize(v, dim=-1)
                 for r, i in enumerate(idx):
                     out[i] = v[r]
-        return torch.stack(out)
+        v = torch.stack(out)
+        sync()
+        return v
 
 
 def main():
@@ -186,11 +210,23 @@ def main():
     ap.add_argument("--models", default="minilm,e5")
     ap.add_argument("--limit", type=int, default=None, help="texts per corpus (default: all; "
                     "jordan always at most 1000)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--bin", default=None, help="a prebuilt encode_speed example (else cargo builds it)")
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--threads", type=int, default=THREADS)
     args = ap.parse_args()
+    global BIN, DEVICE
+    DEVICE = args.device
+    set_threads(args.threads)
+    COLIEE = str(Path(args.data) / "coliee_statute_en" / "corpus.jsonl")
+    JORDAN = str(Path(args.data) / "jordan_law_qa_ar" / "corpus.jsonl")
     import torch
     torch.set_num_threads(THREADS)
-    subprocess.run(["cargo", "build", "--release", "-p", "juris-ml", "--example", "encode_speed"],
-                   cwd=ROOT, check=True)
+    if args.bin:
+        BIN = Path(args.bin).resolve()
+    else:
+        subprocess.run(["cargo", "build", "--release", "-p", "juris-ml", "--example", "encode_speed"],
+                       cwd=ROOT, check=True)
     results = []
     load = []
     for model in args.models.split(","):
@@ -203,11 +239,11 @@ def main():
             texts = read_corpus(corpus, limit)
             if model == "minilm":
                 from sentence_transformers import SentenceTransformer
-                st = SentenceTransformer(str(ROOT / "models" / "minilm"), device="cpu")
+                st = SentenceTransformer(str(ROOT / "models" / "minilm"), device=DEVICE)
                 st.max_seq_length = MAX_LEN
                 tok = st.tokenizer(texts, truncation=True, max_length=MAX_LEN)["input_ids"]
                 peer_tokens = sum(len(x) for x in tok)
-                peer = lambda: st.encode(texts, batch_size=BATCH)
+                peer = lambda: (st.encode(texts, batch_size=BATCH), sync())
                 peer_name = f"sentence-transformers {__import__('sentence_transformers').__version__}"
                 jmodel = "minilm"
             else:
@@ -253,16 +289,18 @@ def main():
     import transformers
     report = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"),
-        machine=dict(cpu=model_name, cores=os.cpu_count(), load_avg_1m_seen=load),
+        machine=dict(cpu=model_name, cores=os.cpu_count(), load_avg_1m_seen=load,
+                     gpu=torch.cuda.get_device_name(0) if DEVICE == "cuda" else None),
         versions=dict(torch=torch.__version__, sentence_transformers=sentence_transformers.__version__,
                       transformers=transformers.__version__, python=platform.python_version(),
                       rustc=subprocess.run(["rustc", "--version"], capture_output=True,
-                                           text=True).stdout.strip()),
-        settings=dict(threads=THREADS, batch=BATCH, max_len=MAX_LEN, runs=args.runs),
+                                           text=True).stdout.strip() if not args.bin else None),
+        settings=dict(threads=THREADS, batch=BATCH, max_len=MAX_LEN, runs=args.runs, device=DEVICE),
         command=" ".join([sys.executable] + sys.argv),
         results=results)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "encode_speed.json").write_text(json.dumps(report, indent=1))
+    name = "encode_speed.json" if DEVICE == "cpu" else f"encode_speed_{DEVICE}.json"
+    (OUT / name).write_text(json.dumps(report, indent=1))
     print("| model | corpus | texts | tokens | juris texts/s | peer texts/s | juris tok/s | "
           "peer tok/s | juris/peer |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

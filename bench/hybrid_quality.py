@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-JURIS = ROOT / "target" / "release" / "juris"
+# JURIS_BIN names another build, e.g. a `--features cuda` binary on the GPU machine.
+JURIS = Path(os.environ.get("JURIS_BIN", ROOT / "target" / "release" / "juris"))
 OUT = ROOT / "bench" / "out"
 MODELS = Path(os.environ.get("JURIS_MODELS_DIR", ROOT / "models"))
 METRICS = "ndcg@10,mrr@10,recall@10,recall@100"

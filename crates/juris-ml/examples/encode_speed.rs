@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run -p juris-ml --release --example encode_speed -- --model minilm \
 //!     --corpus corpus.jsonl [--limit N] [--batch 32] [--max-len 256] [--threads 2] [--runs 3]
-//!     [--dump-ids ids.jsonl]
+//!     [--dump-ids ids.jsonl] [--device cpu|cuda|cuda:N]
 //! ```
 //!
 //! Prints one JSON line: `texts`, `tokens` (after truncation, special tokens and prefix
@@ -17,7 +17,7 @@ use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use juris_ml::{encode_batched, load_encoder, EncoderOptions, TextRole};
+use juris_ml::{encode_batched, load_encoder, DeviceChoice, EncoderOptions, TextRole};
 
 struct Args {
     model: String,
@@ -28,6 +28,7 @@ struct Args {
     threads: usize,
     runs: usize,
     dump_ids: Option<String>,
+    device: DeviceChoice,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +41,7 @@ fn parse_args() -> Result<Args, String> {
         threads: 2,
         runs: 3,
         dump_ids: None,
+        device: DeviceChoice::Cpu,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,6 +61,16 @@ fn parse_args() -> Result<Args, String> {
             "--threads" => a.threads = num(&value)?,
             "--runs" => a.runs = num(&value)?,
             "--dump-ids" => a.dump_ids = Some(value),
+            "--device" => {
+                a.device = match value.as_str() {
+                    "cpu" => DeviceChoice::Cpu,
+                    "cuda" => DeviceChoice::Cuda(0),
+                    other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                        Some(Ok(n)) => DeviceChoice::Cuda(n),
+                        _ => return Err(format!("--device: '{other}' is not cpu, cuda or cuda:N")),
+                    },
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -118,7 +130,7 @@ fn run() -> Result<(), String> {
     let opts = EncoderOptions {
         max_len: a.max_len,
         batch_size: a.batch,
-        ..EncoderOptions::default()
+        device: a.device,
     };
     let role = TextRole::Passage;
 
@@ -177,6 +189,7 @@ fn run() -> Result<(), String> {
         "threads": a.threads,
         "batch": a.batch,
         "max_len": a.max_len,
+        "device": format!("{:?}", a.device),
     });
     println!("{out}");
     Ok(())
