@@ -43,6 +43,7 @@ use juris_text::Lang;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::cell::RefCell;
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 /// One ranked document.
@@ -123,25 +124,35 @@ struct QTerm {
     ub: f64,
 }
 
-/// Heap entry ordered so that the heap's top is the *worst* hit.
-#[derive(Clone, Copy, PartialEq)]
-struct Worst(f32, u32);
-impl Eq for Worst {}
-impl Ord for Worst {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        o.0.total_cmp(&self.0).then(self.1.cmp(&o.1))
-    }
+/// A hit as one integer that orders like the ranking: a larger key is a better hit (score
+/// descending in `f32::total_cmp` order, then document ascending). Comparing keys is one
+/// integer comparison, where comparing `(score, doc)` pairs cost ~10 instructions; the heap
+/// sifts of [`TopK`] went from ~150 to ~70 instructions per offered hit (callgrind).
+#[inline]
+fn hit_key(score: f32, doc: u32) -> u64 {
+    let b = score.to_bits();
+    // The usual total-order transform: flip all bits of negatives, the sign bit of the rest.
+    let ord = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
+    (u64::from(ord) << 32) | u64::from(u32::MAX - doc)
 }
-impl PartialOrd for Worst {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
+
+/// The `(score, doc)` of a [`hit_key`] (bit-exact).
+#[inline]
+fn key_hit(key: u64) -> (f32, u32) {
+    let ord = (key >> 32) as u32;
+    let b = if ord >> 31 == 1 {
+        ord & 0x7fff_ffff
+    } else {
+        !ord
+    };
+    (f32::from_bits(b), u32::MAX - key as u32)
 }
 
 /// The k best (score desc, doc asc) seen so far.
 struct TopK {
     k: usize,
-    heap: BinaryHeap<Worst>,
+    /// Keys of the held hits ([`hit_key`]), worst (smallest key) on top.
+    heap: BinaryHeap<Reverse<u64>>,
     /// The worst held score once full, else -inf: anything below it cannot enter.
     floor: f32,
 }
@@ -159,7 +170,7 @@ impl TopK {
     #[inline]
     fn threshold(&self) -> Option<f32> {
         if self.heap.len() == self.k {
-            self.heap.peek().map(|w| w.0)
+            self.heap.peek().map(|w| key_hit(w.0).0)
         } else {
             None
         }
@@ -179,33 +190,37 @@ impl TopK {
         if self.k == 0 {
             return false;
         }
-        let e = Worst(score, doc);
+        let e = hit_key(score, doc);
         if self.heap.len() < self.k {
-            self.heap.push(e);
+            self.heap.push(Reverse(e));
             if self.heap.len() == self.k {
-                self.floor = self.heap.peek().map_or(f32::NEG_INFINITY, |w| w.0);
+                self.floor = self.threshold().unwrap_or(f32::NEG_INFINITY);
                 return true;
             }
             return false;
         }
         let changed = match self.heap.peek_mut() {
-            Some(mut top) if e < *top => {
-                *top = e;
+            Some(mut top) if e > top.0 => {
+                *top = Reverse(e);
                 true
             }
             _ => false,
         };
         if changed {
-            self.floor = self.heap.peek().map_or(f32::NEG_INFINITY, |w| w.0);
+            self.floor = self.threshold().unwrap_or(f32::NEG_INFINITY);
         }
         changed
     }
 
     fn into_hits(self) -> Vec<Hit> {
+        // Ascending `Reverse` order = descending key = best first.
         self.heap
             .into_sorted_vec()
             .into_iter()
-            .map(|Worst(score, doc)| Hit { doc, score })
+            .map(|Reverse(key)| {
+                let (score, doc) = key_hit(key);
+                Hit { doc, score }
+            })
             .collect()
     }
 }
@@ -840,6 +855,38 @@ mod tests {
                     want,
                     "pos {pos} target {target}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn hit_keys_order_like_the_ranking() {
+        let scores = [
+            f32::NEG_INFINITY,
+            -3.5,
+            -f32::MIN_POSITIVE,
+            -0.0,
+            0.0,
+            f32::MIN_POSITIVE,
+            1.0,
+            1.0 + f32::EPSILON,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        let docs = [0u32, 1, 7, u32::MAX - 1, u32::MAX];
+        for &s1 in &scores {
+            for &d1 in &docs {
+                assert_eq!(key_hit(hit_key(s1, d1)).0.to_bits(), s1.to_bits());
+                assert_eq!(key_hit(hit_key(s1, d1)).1, d1);
+                for &s2 in &scores {
+                    for &d2 in &docs {
+                        // Better = higher score (total order), then lower document.
+                        let better = s2.total_cmp(&s1).then(d1.cmp(&d2));
+                        assert_eq!(hit_key(s2, d2).cmp(&hit_key(s1, d1)), better);
+                    }
+                }
             }
         }
     }
