@@ -94,14 +94,14 @@ pub struct AskArgs {
     pub sampling: crate::generate_cmd::SamplingArgs,
 }
 
-/// Name of `lang` in the instruction ("Answer in …"), with the language's own word so that
-/// a small model sees it in the script it should write.
-fn answer_language_line(lang: Lang) -> &'static str {
+/// How the instruction names the answer language, with the language's own words so that a
+/// small model sees the script it should write.
+fn in_language(lang: Lang) -> &'static str {
     match lang {
-        Lang::En => "Answer in English.",
-        Lang::Ja => "Answer in Japanese (日本語で答えてください).",
-        Lang::Ar => "Answer in Arabic (أجب باللغة العربية).",
-        Lang::Other => "Answer in the language of the question.",
+        Lang::En => "in English",
+        Lang::Ja => "in Japanese (日本語で答えてください)",
+        Lang::Ar => "in Arabic (أجب باللغة العربية)",
+        Lang::Other => "in the language of the question",
     }
 }
 
@@ -122,18 +122,28 @@ pub fn articles_block(articles: &[Article]) -> String {
     out
 }
 
-/// The user message `ask` sends: the instruction (only these articles, cite ids in square
-/// brackets, [`NO_ANSWER`] when they do not answer, the answer language), the numbered
-/// articles, and the question.
+/// The system message of `ask`: answer only from the given articles, and say
+/// [`NO_ANSWER`] when they do not answer. (Kept apart from the user message: SmolLM2-135M
+/// repeats a "reply only: …" clause from the user turn instead of answering.)
+pub fn system_message() -> String {
+    format!(
+        "You answer legal questions using only the law articles the user gives. If the \
+         articles do not answer the question, say: {NO_ANSWER}"
+    )
+}
+
+/// The user message `ask` sends: the numbered articles, the question, then the instruction
+/// (answer language, citations by id in square brackets) last, where a small model heeds
+/// it most.
 pub fn user_message(question: &str, lang: Lang, articles: &[Article]) -> String {
     let example = articles.first().map_or("id", |a| a.id.as_str());
     format!(
-        "Answer the question using only the law articles below. Cite each article you rely on \
-         by its id in square brackets, for example [{example}]. If the articles do not answer \
-         the question, reply only: {NO_ANSWER}\n{}\n\nArticles:\n{}\n\nQuestion: {}",
-        answer_language_line(lang),
+        "Law articles:\n{}\n\nQuestion: {}\n\nAnswer the question {} in one or two sentences \
+         using the law articles above, and cite the id of each article you rely on in square \
+         brackets, e.g. [{example}].",
         articles_block(articles),
-        question.trim()
+        question.trim(),
+        in_language(lang),
     )
 }
 
@@ -416,15 +426,21 @@ impl QaModel {
         })
     }
 
-    /// Prompt token ids for one user message.
-    pub fn prompt_ids(&self, message: &str) -> Result<Vec<u32>> {
+    /// Prompt token ids for an optional system message and one user message.
+    pub fn prompt_ids(&self, system: Option<&str>, message: &str) -> Result<Vec<u32>> {
         if self.gen.has_chat_template() {
-            Ok(self.gen.chat_ids(&[ChatMessage::new("user", message)])?)
+            let mut msgs: Vec<ChatMessage> = system
+                .map(|s| ChatMessage::new("system", s))
+                .into_iter()
+                .collect();
+            msgs.push(ChatMessage::new("user", message));
+            Ok(self.gen.chat_ids(&msgs)?)
         } else {
-            Ok(self
-                .gen
-                .tokenizer()
-                .encode(&format!("{message}\n\nAnswer:"), true)?)
+            let text = match system {
+                Some(s) => format!("{s}\n\n{message}\n\nAnswer:"),
+                None => format!("{message}\n\nAnswer:"),
+            };
+            Ok(self.gen.tokenizer().encode(&text, true)?)
         }
     }
 
@@ -448,6 +464,7 @@ impl QaModel {
     /// [`fit_articles`] for this model's prompt and tokenizer.
     pub fn fit(
         &self,
+        system: Option<&str>,
         articles: &[Article],
         budget: usize,
         build: &dyn Fn(&[Article]) -> String,
@@ -456,7 +473,7 @@ impl QaModel {
             articles,
             budget,
             build,
-            &mut |m| Ok(self.prompt_ids(m)?.len()),
+            &mut |m| Ok(self.prompt_ids(system, m)?.len()),
             &mut |t| self.text_tokens(t),
         )
     }
@@ -579,7 +596,10 @@ pub fn cmd_ask(a: AskArgs) -> Result<()> {
     let model = QaModel::load(&a.model, a.sampling.f32)?;
     let budget = model.prompt_budget(&opts)?;
     // A question too long for the context is refused before any work, found or not.
-    model.fit(&[], budget, &|arts| user_message(question, lang, arts))?;
+    let system = system_message();
+    model.fit(Some(&system), &[], budget, &|arts| {
+        user_message(question, lang, arts)
+    })?;
 
     let started = Instant::now();
     let articles = with_retriever(&a.retrieval, |index, retriever| {
@@ -596,7 +616,7 @@ pub fn cmd_ask(a: AskArgs) -> Result<()> {
     let mut stats = juris_ml::GenerationStats::default();
     let mut citations = Citations::default();
     let answered = if anything_relevant(&articles) {
-        let fitted = model.fit(&articles, budget, &|arts| {
+        let fitted = model.fit(Some(&system), &articles, budget, &|arts| {
             user_message(question, lang, arts)
         })?;
         if fitted.cut > 0 && !a.json {
@@ -605,7 +625,7 @@ pub fn cmd_ask(a: AskArgs) -> Result<()> {
                 fitted.cut
             );
         }
-        let ids = model.prompt_ids(&fitted.message)?;
+        let ids = model.prompt_ids(Some(&system), &fitted.message)?;
         let mut print = crate::generate_cmd::printer();
         let mut stream = |piece: &str| -> ControlFlow<()> {
             if a.json {
@@ -737,8 +757,12 @@ mod tests {
             m.contains("[1] civil:90 — Title civil:90\nA is void.\n\n[2] 7 — Title 7\nB."),
             "{m}"
         );
-        assert!(m.contains("[civil:90]") && m.contains(NO_ANSWER) && m.contains("日本語"));
-        assert!(m.ends_with("Question: 契約は有効か"));
+        assert!(m.contains("[civil:90]") && m.contains("日本語"));
+        assert!(system_message().contains(NO_ANSWER));
+        assert!(
+            m.contains("\n\nQuestion: 契約は有効か\n\nAnswer the question in Japanese"),
+            "{m}"
+        );
     }
 
     #[test]

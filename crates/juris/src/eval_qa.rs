@@ -270,6 +270,7 @@ pub fn cmd_eval_qa(a: EvalQaArgs, bar: &Bar) -> Result<()> {
         ..opts.clone()
     })?;
     let yn_ids = yes_no_ids(&model)?;
+    let system = crate::ask::system_message();
     if yn_ids.is_none()
         && items
             .iter()
@@ -320,9 +321,9 @@ pub fn cmd_eval_qa(a: EvalQaArgs, bar: &Bar) -> Result<()> {
             match &item.expected {
                 Expected::YesNo(truth) => {
                     let fitted =
-                        model.fit(arts, yn_budget, &|xs| yes_no_message(&item.text, xs))?;
+                        model.fit(None, arts, yn_budget, &|xs| yes_no_message(&item.text, xs))?;
                     totals.cut += usize::from(fitted.cut > 0);
-                    let ids = model.prompt_ids(&fitted.message)?;
+                    let ids = model.prompt_ids(None, &fitted.message)?;
                     let predicted = match &yn_ids {
                         Some((yes, no)) => {
                             let logits = model.gen.next_token_logits(&ids, &opts)?;
@@ -360,10 +361,11 @@ pub fn cmd_eval_qa(a: EvalQaArgs, bar: &Bar) -> Result<()> {
                         .lang
                         .unwrap_or_else(|| juris_text::lang::detect_lang(&item.text));
                     let (answer, kept, dropped, prompt_tokens) = if anything_relevant(arts) {
-                        let fitted =
-                            model.fit(arts, budget, &|xs| user_message(&item.text, lang, xs))?;
+                        let fitted = model.fit(Some(&system), arts, budget, &|xs| {
+                            user_message(&item.text, lang, xs)
+                        })?;
                         totals.cut += usize::from(fitted.cut > 0);
-                        let ids = model.prompt_ids(&fitted.message)?;
+                        let ids = model.prompt_ids(Some(&system), &fitted.message)?;
                         let g = model
                             .gen
                             .generate_ids(&ids, &opts, &mut |_| ControlFlow::Continue(()))?;
