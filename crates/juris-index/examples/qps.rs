@@ -30,6 +30,12 @@
 //!   The prediction was right for exhaustive scoring, optimistic for scifact (the per-query
 //!   fixed costs — dictionary lookups, tokenization, heap — dominate 2,800 postings) and
 //!   pessimistic for MaxScore.
+//!
+//! Instruction counts (callgrind, repeatable under load; `--analyzer en-snowball --lang en
+//! --reuse`, search loop only, `--toggle-collect='*search_only*'`): scifact 121.4k per query
+//! at 1a2bf45 → 61.1k after the 2026-11-23 changes (scan without bounds checks, fixed-size
+//! scan blocks, ASCII/Fx analysis paths, hashed term lookup, integer top-k keys); scifact × 97
+//! (first 200 queries, MaxScore) 2.45 M → 2.18 M per query.
 
 use juris_index::corpus::Document;
 use juris_index::{Index, IndexBuilder, IndexConfig, NoProgress, SearchOptions, Strategy};

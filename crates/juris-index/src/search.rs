@@ -551,7 +551,8 @@ impl Index {
     /// the accumulator feeds the heap and resets it. Same sums in the same order as
     /// [`Index::accumulate`], hence bit-identical hits. Measured by callgrind on scifact
     /// (5,183 documents, ~3,650 postings per query): ~39 → ~8 instructions per posting, plus
-    /// ~2 per document for the scan.
+    /// ~2 per document for the scan; since then ~6.5 per posting (no bounds check, no multiply
+    /// for terms that occur once) and ~1.8 per document ([`scan_reset`]).
     fn exhaustive_scan(&self, q: &[QTerm], absent: f32, k: usize) -> Result<Vec<Hit>, IndexError> {
         let (imps, _) = self.weights();
         let docs_all = self.data.post_doc();
@@ -586,8 +587,16 @@ impl Index {
                 // corrupt, unsorted list in bounds (wrong scores, never a panic).
                 beyond |= docs.last().is_some_and(|&d| d as usize > last);
                 let w = t.w;
-                for (&d, &x) in docs.iter().zip(imp) {
-                    acc[d as usize & mask] += w * x;
+                if w == 1.0 {
+                    // Most query terms occur once; `1.0 * x` is exactly `x`, so skipping the
+                    // multiply changes no bit (one instruction less per posting).
+                    for (&d, &x) in docs.iter().zip(imp) {
+                        acc[d as usize & mask] += x;
+                    }
+                } else {
+                    for (&d, &x) in docs.iter().zip(imp) {
+                        acc[d as usize & mask] += w * x;
+                    }
                 }
             }
             acc[n..].fill(-0.0);
