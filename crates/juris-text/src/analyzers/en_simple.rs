@@ -33,7 +33,7 @@ pub(crate) fn for_each_en_word(norm: &str, mut sink: impl FnMut(&str)) {
             Class::Sep
         }
     };
-    for_each_run(norm, classify, |run, _| {
+    let on_run = |run: &str| {
         // Most runs hold no apostrophe: the run is then the word (and splitting would build
         // a substring searcher per word).
         if !run.contains('\'') {
@@ -47,7 +47,34 @@ pub(crate) fn for_each_en_word(norm: &str, mut sink: impl FnMut(&str)) {
                 sink(word);
             }
         }
-    });
+    };
+    if norm.is_ascii() {
+        for_each_ascii_run(norm, on_run);
+    } else {
+        let mut on_run = on_run;
+        for_each_run(norm, classify, |run, _| on_run(run));
+    }
+}
+
+/// [`for_each_run`] with the classes of [`for_each_en_word`], for ASCII text: a byte loop
+/// (no character decoding; no ASCII character is CJK or a combining mark, so a run is a
+/// maximal stretch of ASCII letters, digits and apostrophes).
+fn for_each_ascii_run(norm: &str, mut f: impl FnMut(&str)) {
+    let mut start: Option<usize> = None;
+    for (i, &b) in norm.as_bytes().iter().enumerate() {
+        let word = b.is_ascii_alphanumeric() || b == b'\'';
+        match (word, start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                f(&norm[s..i]);
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        f(&norm[s..]);
+    }
 }
 
 /// Pieces of `run` (word chars and apostrophes) with leading/trailing/doubled apostrophes
@@ -97,7 +124,7 @@ mod tests {
     }
 
     #[test]
-    fn apostrophe_free_fast_path_matches_splitting() {
+    fn ascii_and_apostrophe_fast_paths_match_general_code() {
         let classify = |c: char| {
             if is_word_char(c) || c == '\'' {
                 Class::Word
@@ -110,6 +137,7 @@ mod tests {
             let mut fast = Vec::new();
             for_each_en_word(&norm, |w| fast.push(w.to_string()));
             let mut slow = Vec::new();
+            // The general character loop (the ASCII byte loop is what `fast` used for ASCII).
             for_each_run(&norm, classify, |run, _| {
                 for word in split_apostrophes(run) {
                     let word = word.strip_suffix("'s").unwrap_or(word);
