@@ -23,6 +23,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_tokenizer;
+pub mod lora;
 pub mod models;
 pub mod nn;
 pub mod presets;
@@ -34,4 +35,7 @@ pub use error::MlError;
 pub use generate::{
     FinishReason, GenerateOptions, Generation, GenerationStats, Generator, GgufGenerator,
 };
-pub use presets::{load_encoder, models_dir, Preset, PRESETS};
+pub use lora::{LoraAdapter, LoraConfig, LoraTrain};
+pub use presets::{
+    load_bert_encoder, load_encoder, load_encoder_with_adapter, models_dir, Preset, PRESETS,
+};

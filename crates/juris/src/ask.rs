@@ -504,7 +504,7 @@ pub fn with_retriever<T>(
     let device = crate::cli::parse_device(&r.device)?;
     match mode {
         AskMode::Dense => {
-            let dense = DenseRetriever::open(&index, r.embeddings.as_deref(), device)?;
+            let dense = DenseRetriever::open(&index, r.embeddings.as_deref(), None, device)?;
             f(&index, &dense)
         }
         AskMode::Hybrid => {
@@ -512,7 +512,7 @@ pub fn with_retriever<T>(
                 .embeddings
                 .clone()
                 .or(tuned_hybrid.as_ref().map(|h| h.store.clone()));
-            let dense = DenseRetriever::open(&index, store.as_deref(), device)?;
+            let dense = DenseRetriever::open(&index, store.as_deref(), None, device)?;
             let (lexical, fusion, depth) = match &tuned_hybrid {
                 Some(h) => (index.with_scorer(h.scorer)?, h.fusion, h.depth),
                 None => (

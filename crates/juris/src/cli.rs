@@ -67,6 +67,13 @@ enum Command {
     /// Score a model's answers on a data set with answers: Y/N accuracy (COLIEE Task 4),
     /// ROUGE-L and token F1, citation hits and retrieval recall.
     EvalQa(crate::eval_qa::EvalQaArgs),
+    /// Fine-tune a model: `juris train retriever --config <file.toml>` (LoRA, contrastive,
+    /// two phases of negatives; re-run to resume).
+    #[command(subcommand)]
+    Train(crate::train_cmd::TrainCommand),
+    /// LoRA adapter tools: `juris adapter merge` writes base + adapter as one model folder.
+    #[command(subcommand)]
+    Adapter(crate::train_cmd::AdapterCommand),
 }
 
 /// Analyzer choice, shared by `index` and `analyze`.
@@ -211,6 +218,10 @@ struct DenseArgs {
     /// Compute on this device: cpu, or cuda / cuda:N (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// LoRA adapter folder (PEFT format) for the query encoder; default: the one the store
+    /// was embedded with. Must match the store (its fingerprint includes the adapter).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
 }
 
 impl DenseArgs {
@@ -219,7 +230,7 @@ impl DenseArgs {
     }
 }
 
-pub(crate) fn parse_device(s: &str) -> Result<juris_ml::DeviceChoice> {
+pub fn parse_device(s: &str) -> Result<juris_ml::DeviceChoice> {
     Ok(match s {
         "cpu" => juris_ml::DeviceChoice::Cpu,
         "cuda" | "gpu" => juris_ml::DeviceChoice::Cuda(0),
@@ -254,7 +265,8 @@ struct EmbedArgs {
     /// Compute on this device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// A LoRA adapter folder to apply to the model (PEFT format).
+    /// A LoRA adapter folder (PEFT format, e.g. from `juris train retriever`) merged into
+    /// the model's weights; the store remembers it, so search uses it too.
     #[arg(long)]
     adapter: Option<PathBuf>,
 }
@@ -438,6 +450,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => crate::generate_cmd::cmd_chat(a),
         Command::Ask(a) => crate::ask::cmd_ask(a),
         Command::EvalQa(a) => crate::eval_qa::cmd_eval_qa(a, &bar),
+        Command::Train(c) => crate::train_cmd::cmd_train(c, &bar),
+        Command::Adapter(c) => crate::train_cmd::cmd_adapter(c),
     }
 }
 
@@ -527,10 +541,16 @@ fn cmd_search(a: SearchArgs, bar: &Bar) -> Result<()> {
         Mode::Dense => Some(Box::new(DenseRetriever::open(
             &index,
             a.dense.model.as_deref(),
+            a.dense.adapter.as_deref(),
             a.dense.device()?,
         )?)),
         Mode::Hybrid => {
-            let dense = DenseRetriever::open(&index, a.dense.model.as_deref(), a.dense.device()?)?;
+            let dense = DenseRetriever::open(
+                &index,
+                a.dense.model.as_deref(),
+                a.dense.adapter.as_deref(),
+                a.dense.device()?,
+            )?;
             let tuned = crate::tune::load_tuned(&a.index)?
                 .and_then(|t| t.hybrid)
                 .filter(|h| h.store == dense.store_name());
@@ -609,12 +629,6 @@ fn search_with(
 }
 
 fn cmd_embed(a: EmbedArgs, bar: &Bar) -> Result<()> {
-    if let Some(adapter) = &a.adapter {
-        bail!(
-            "--adapter {}: applying LoRA adapters is not available yet (it comes with retriever training)",
-            adapter.display()
-        );
-    }
     let dtype = match a.dtype.as_str() {
         "f16" => juris_dense::Dtype::F16,
         "f32" => juris_dense::Dtype::F32,
@@ -629,6 +643,7 @@ fn cmd_embed(a: EmbedArgs, bar: &Bar) -> Result<()> {
             batch_size: a.batch_size,
             dtype,
             device: parse_device(&a.device)?,
+            adapter: a.adapter.as_deref(),
         },
         bar,
     )

@@ -2,7 +2,7 @@
 //! changed) and `juris models list` (which presets are present).
 
 use crate::progress::Bar;
-use crate::retrieve::{encode_with_bar, store_name, stores_dir, EncoderSettings};
+use crate::retrieve::{encode_with_bar, store_name_with, stores_dir, EncoderSettings};
 use anyhow::{Context, Result};
 use juris_dense::{refresh, Dtype, StoreSpec};
 use juris_index::{analysis_text, Index, Progress};
@@ -26,6 +26,8 @@ pub struct EmbedRequest<'a> {
     pub dtype: Dtype,
     /// Where to compute.
     pub device: DeviceChoice,
+    /// A PEFT LoRA adapter folder merged into the model.
+    pub adapter: Option<&'a Path>,
 }
 
 /// Encodes the index's documents (title + text, as the lexical index analyzes them) with
@@ -37,7 +39,7 @@ pub fn embed(req: &EmbedRequest<'_>, bar: &Bar) -> Result<()> {
         batch_size: req.batch_size,
         device: req.device,
     };
-    let encoder = juris_ml::load_encoder(req.model, &opts)?;
+    let encoder = juris_ml::load_encoder_with_adapter(req.model, &opts, req.adapter)?;
     let n = index.n_docs();
     let mut texts = Vec::with_capacity(n as usize);
     let mut docs = Vec::with_capacity(n as usize);
@@ -51,11 +53,14 @@ pub fn embed(req: &EmbedRequest<'_>, bar: &Bar) -> Result<()> {
     let name = req
         .name
         .map(str::to_string)
-        .unwrap_or_else(|| store_name(req.model));
+        .unwrap_or_else(|| store_name_with(req.model, req.adapter));
     let dir = stores_dir(req.index).join(&name);
     let settings = EncoderSettings {
         model: req.model.to_string(),
         max_len: req.max_len,
+        adapter: req
+            .adapter
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())),
     };
     let spec = StoreSpec {
         model: settings.to_store_field(),

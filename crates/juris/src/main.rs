@@ -14,6 +14,7 @@ mod generate_cmd;
 mod progress;
 mod retrieve;
 mod search;
+mod train_cmd;
 mod tune;
 
 use clap::Parser;

@@ -71,6 +71,9 @@ pub struct EncoderSettings {
     pub model: String,
     /// Token limit the documents were encoded with.
     pub max_len: usize,
+    /// LoRA adapter folder merged into the model (`embed --adapter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<PathBuf>,
 }
 
 impl EncoderSettings {
@@ -80,6 +83,7 @@ impl EncoderSettings {
         serde_json::from_str(field).unwrap_or_else(|_| EncoderSettings {
             model: field.to_string(),
             max_len: EncoderOptions::default().max_len,
+            adapter: None,
         })
     }
 
@@ -123,6 +127,22 @@ pub fn store_name(model: &str) -> String {
     }
 }
 
+/// The store name for a model with a LoRA adapter: `<model>-lora-<adapter folder name>`
+/// (so that `embed --adapter` never replaces the base model's store).
+pub fn store_name_with(model: &str, adapter: Option<&Path>) -> String {
+    match adapter {
+        None => store_name(model),
+        Some(a) => {
+            let abs = std::fs::canonicalize(a).unwrap_or_else(|_| a.to_path_buf());
+            let dir = abs
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "adapter".into());
+            format!("{}-lora-{}", store_name(model), store_name(&dir))
+        }
+    }
+}
+
 /// Names of the embedding stores an index has, sorted.
 pub fn list_stores(index: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(stores_dir(index))
@@ -139,11 +159,11 @@ pub fn list_stores(index: &Path) -> Vec<String> {
 
 /// Picks the store for `--model` (a store name or a model spec) or, without it, the only
 /// store the index has.
-pub fn pick_store(index: &Path, model: Option<&str>) -> Result<PathBuf> {
+pub fn pick_store(index: &Path, model: Option<&str>, adapter: Option<&Path>) -> Result<PathBuf> {
     let stores = list_stores(index);
     let name = match model {
         Some(m) if stores.iter().any(|s| s == m) => m.to_string(),
-        Some(m) => store_name(m),
+        Some(m) => store_name_with(m, adapter),
         None => match stores.as_slice() {
             [one] => one.clone(),
             [] => bail!(
@@ -180,14 +200,16 @@ pub struct DenseRetriever {
 }
 
 impl DenseRetriever {
-    /// Opens the store `model` picks (see [`pick_store`]) and the encoder that wrote it,
-    /// checking that it matches the index and the model.
+    /// Opens the store `model` picks (see [`pick_store`]) and the encoder that wrote it
+    /// (with the LoRA adapter the store records, or `adapter` when given), checking that it
+    /// matches the index and the model.
     pub fn open(
         index: &Index,
         model: Option<&str>,
+        adapter: Option<&Path>,
         device: juris_ml::DeviceChoice,
     ) -> Result<Self> {
-        let dir = pick_store(index.path(), model)?;
+        let dir = pick_store(index.path(), model, adapter)?;
         let store = EmbeddingStore::open(&dir)?;
         check_fresh(index, &store, &dir)?;
         let settings = EncoderSettings::from_store_field(&store.meta().model);
@@ -196,8 +218,10 @@ impl DenseRetriever {
             device,
             ..Default::default()
         };
-        let encoder = juris_ml::load_encoder(&settings.model, &opts)
-            .with_context(|| format!("loading the model of {}", dir.display()))?;
+        let adapter = adapter.map(Path::to_path_buf).or(settings.adapter.clone());
+        let encoder =
+            juris_ml::load_encoder_with_adapter(&settings.model, &opts, adapter.as_deref())
+                .with_context(|| format!("loading the model of {}", dir.display()))?;
         if encoder.dim() != store.dim() {
             bail!(
                 "{}: vectors have {} dimensions but model {} gives {}; re-run `juris embed`",

@@ -176,7 +176,7 @@ pub fn tune(req: &TuneRequest<'_>, bar: &Bar) -> Result<Tuned> {
     // 2. Hybrid grid, when there are embeddings.
     let has_store = req.model.is_some() || !crate::retrieve::list_stores(req.index).is_empty();
     let hybrid = if has_store {
-        let dense = DenseRetriever::open(&index, req.model, req.device)?;
+        let dense = DenseRetriever::open(&index, req.model, None, req.device)?;
         let dense_lists = dense.retrieve_batch(&texts, depth, bar)?;
         let dense_score = metric_of(&index, &ids, &dense_lists, &qrels, req.metric)?;
         eprintln!(

@@ -10,12 +10,13 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::encoder::{Encoder, EncoderOptions, TextRole};
 use crate::error::{MlError, Result};
+use crate::lora::{LoraAdapter, LoraTrain};
 use crate::nn::{
     device_for, fast_exp, gelu_erf, has_avx2_fma, layer_norm_row, madd, with_f32, Activation,
     Embedding, LayerNorm, Linear, Weights,
@@ -129,6 +130,41 @@ struct Layer {
     /// The CPU path's copies: q, k, v fused in one matrix (one gemm instead of three) and
     /// every bias and norm as plain slices for the fused kernels.
     fast: Option<FastLayer>,
+}
+
+impl Layer {
+    /// The linear layers with their paths inside `encoder.layer.{i}`.
+    fn named(&self) -> [(&'static str, &Linear); 6] {
+        [
+            ("attention.self.query", &self.q),
+            ("attention.self.key", &self.k),
+            ("attention.self.value", &self.v),
+            ("attention.output.dense", &self.attn_out),
+            ("intermediate.dense", &self.ff_in),
+            ("output.dense", &self.ff_out),
+        ]
+    }
+
+    fn named_mut(&mut self) -> [(&'static str, &mut Linear); 6] {
+        [
+            ("attention.self.query", &mut self.q),
+            ("attention.self.key", &mut self.k),
+            ("attention.self.value", &mut self.v),
+            ("attention.output.dense", &mut self.attn_out),
+            ("intermediate.dense", &mut self.ff_in),
+            ("output.dense", &mut self.ff_out),
+        ]
+    }
+}
+
+/// Softmax over the last dimension from ops that have backward passes (candle's fused
+/// `softmax_last_dim` has none). The row maximum is subtracted as a constant (softmax does
+/// not depend on it), so rows with −∞ entries stay finite.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&sum)?)
 }
 
 /// A layer's weights as the fused CPU kernels read them.
@@ -247,7 +283,9 @@ impl BertModel {
                 fast: None,
             });
         }
-        if w.device().is_cpu() {
+        // The fused CPU kernels are f32; other dtypes (f64 in gradient tests) take the
+        // reference path.
+        if w.device().is_cpu() && token_type.dtype() == DType::F32 {
             for layer in &mut layers {
                 layer.fast = Some(FastLayer::new(layer)?);
             }
@@ -269,6 +307,141 @@ impl BertModel {
     /// The configuration the model was built from.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Every linear layer with its module path as the HF base model names it
+    /// (`encoder.layer.{i}.attention.self.query`, …), its input and output width.
+    pub fn linears(&self) -> Vec<(String, usize, usize)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (name, lin) in l.named() {
+                let (o, inp) = (
+                    lin.weight.dim(0).unwrap_or(0),
+                    lin.weight.dim(1).unwrap_or(0),
+                );
+                out.push((format!("encoder.layer.{i}.{name}"), inp, o));
+            }
+        }
+        out
+    }
+
+    /// Adds each adapted module's `scale · B·A` to its weight (LoRA merged: inference is
+    /// then exactly as fast as without it) and rebuilds the fused CPU weights. Fails, changing
+    /// nothing, when the adapter names a module this model lacks or has other shapes.
+    pub fn merge_lora(&mut self, adapter: &LoraAdapter) -> Result<()> {
+        let known = self.linears();
+        for (path, p) in &adapter.modules {
+            let Some((_, inp, out)) = known.iter().find(|(n, _, _)| n == path) else {
+                return Err(MlError::Mismatch(format!(
+                    "the adapter has weights for module '{path}', which this model does not \
+                     have; the adapter belongs to another model"
+                )));
+            };
+            if p.a.dims() != [adapter.config.r, *inp] || p.b.dims() != [*out, adapter.config.r] {
+                return Err(MlError::Mismatch(format!(
+                    "adapter module '{path}': A {:?} / B {:?} do not fit a {inp}→{out} layer",
+                    p.a.dims(),
+                    p.b.dims()
+                )));
+            }
+        }
+        let dtype = self.token_type.dtype();
+        let device = self.device.clone();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, lin) in layer.named_mut() {
+                let path = format!("encoder.layer.{i}.{name}");
+                if let Some(d) = adapter.delta(&path)? {
+                    lin.weight = (&lin.weight + d.to_dtype(dtype)?.to_device(&device)?)?;
+                }
+            }
+            if layer.fast.is_some() {
+                layer.fast = Some(FastLayer::new(layer)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The differentiable forward for training: candle ops only (composed softmax and
+    /// LayerNorm, which have backward passes), with `lora` added to the adapted layers.
+    /// Final hidden states `[batch, seq, hidden]`; padding keys are masked.
+    pub fn forward_train(
+        &self,
+        ids: &[u32],
+        lens: &[usize],
+        seq: usize,
+        lora: Option<&LoraTrain>,
+    ) -> Result<Tensor> {
+        let b = lens.len();
+        let h = self.config.hidden_size;
+        let dev = &self.device;
+        let dtype = self.token_type.dtype();
+        let ln = |l: &LayerNorm, x: &Tensor| -> Result<Tensor> {
+            Ok(candle_nn::ops::layer_norm_slow(
+                x, &l.weight, &l.bias, l.eps,
+            )?)
+        };
+        let ids_t = Tensor::from_slice(ids, (b, seq), dev)?;
+        let pos: Vec<u32> = (0..seq).map(|i| (i + self.first_position) as u32).collect();
+        let pos_t = Tensor::from_slice(&pos, seq, dev)?;
+        let x = self
+            .word
+            .forward(&ids_t)?
+            .to_dtype(dtype)?
+            .broadcast_add(
+                &self
+                    .position
+                    .forward(&pos_t)?
+                    .to_dtype(dtype)?
+                    .unsqueeze(0)?,
+            )?
+            .broadcast_add(&self.token_type)?;
+        let mut x = ln(&self.emb_ln, &x)?;
+        let mut mask = vec![0f32; b * seq];
+        for (row, &len) in lens.iter().enumerate() {
+            for v in &mut mask[row * seq + len.clamp(1, seq)..(row + 1) * seq] {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, 1, seq), dev)?.to_dtype(dtype)?;
+        let hd = h / self.heads;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, seq, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let lin = |name: &str, l: &Linear, x: &Tensor| -> Result<Tensor> {
+                let y = l.forward(x)?;
+                match lora {
+                    Some(lo) => lo.apply(&format!("encoder.layer.{i}.{name}"), x, y),
+                    None => Ok(y),
+                }
+            };
+            let q = split(lin("attention.self.query", &layer.q, &x)?)?;
+            let k = split(lin("attention.self.key", &layer.k, &x)?)?;
+            let v = split(lin("attention.self.value", &layer.v, &x)?)?;
+            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
+            let probs = softmax_last(&scores)?;
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, seq, h))?;
+            let attn = lin("attention.output.dense", &layer.attn_out, &ctx)?;
+            x = ln(&layer.attn_ln, &(x + attn)?)?;
+            let mid = self
+                .act
+                .forward(&lin("intermediate.dense", &layer.ff_in, &x)?)?;
+            let out = lin("output.dense", &layer.ff_out, &mid)?;
+            x = ln(&layer.out_ln, &(x + out)?)?;
+        }
+        Ok(x)
     }
 
     /// Final hidden states `[batch, seq, hidden]` for right-padded `ids` (`batch` rows of
@@ -712,7 +885,26 @@ impl Pooling {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// Pooling of right-padded rows of lengths `lens` (padded to `seq`) as weights over
+    /// token positions, `[lens.len() * seq]` row-major: a matmul with the hidden states pools
+    /// them differentiably (training). `None` for max pooling, which is not a weighted sum.
+    pub fn weights(self, lens: &[usize], seq: usize) -> Option<Vec<f32>> {
+        let mut w = vec![0f32; lens.len() * seq];
+        for (row, &len) in lens.iter().enumerate() {
+            let len = len.clamp(1, seq);
+            let r = &mut w[row * seq..(row + 1) * seq];
+            match self {
+                Pooling::Mean => r[..len].iter_mut().for_each(|x| *x = 1.0 / len as f32),
+                Pooling::Cls => r[0] = 1.0,
+                Pooling::LastToken => r[len - 1] = 1.0,
+                Pooling::Max => return None,
+            }
+        }
+        Some(w)
+    }
+
+    /// The mode's name as `from_name` reads it.
+    pub fn name(self) -> &'static str {
         match self {
             Pooling::Mean => "mean",
             Pooling::Cls => "cls",
@@ -882,6 +1074,28 @@ impl BertEncoder {
         self.ids(text, role, Some(self.parts.max_len))
     }
 
+    /// Ids of `texts` in `role` truncated to `max_len` (capped by the encoder's limit),
+    /// right-padded: `(ids, lens, seq)` with `ids.len() == texts.len() * seq`.
+    pub fn batch_ids(
+        &self,
+        texts: &[&str],
+        role: TextRole,
+        max_len: usize,
+    ) -> Result<(Vec<u32>, Vec<usize>, usize)> {
+        let limit = max_len.clamp(2, self.parts.max_len.max(2));
+        let mut seqs = Vec::with_capacity(texts.len());
+        for t in texts {
+            seqs.push(self.ids(t, role, Some(limit))?);
+        }
+        let seq = seqs.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let mut ids = vec![self.parts.pad_id; texts.len() * seq];
+        for (row, s) in seqs.iter().enumerate() {
+            ids[row * seq..row * seq + s.len()].copy_from_slice(s);
+        }
+        let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        Ok((ids, lens, seq))
+    }
+
     /// Hidden-state pooling over a padded batch, without normalization (for tests and
     /// training code that wants raw vectors).
     pub fn pooled(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
@@ -889,18 +1103,9 @@ impl BertEncoder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut seqs = Vec::with_capacity(texts.len());
-        for t in texts {
-            seqs.push(self.ids(t, role, Some(self.parts.max_len))?);
-        }
-        let seq = seqs.iter().map(Vec::len).max().unwrap_or(1);
-        let mut ids = vec![self.parts.pad_id; texts.len() * seq];
-        for (row, s) in seqs.iter().enumerate() {
-            ids[row * seq..row * seq + s.len()].copy_from_slice(s);
-        }
-        let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let (ids, lens, seq) = self.batch_ids(texts, role, self.parts.max_len)?;
         let hidden = self.model.forward(&ids, &lens, seq)?;
-        let hidden: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
+        let hidden: Vec<f32> = hidden.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
         let mut out = vec![0f32; texts.len() * dim];
         for (row, &len) in lens.iter().enumerate() {
             let rows = &hidden[row * seq * dim..(row + 1) * seq * dim];
@@ -909,6 +1114,53 @@ impl BertEncoder {
                 .pool(rows, len, dim, &mut out[row * dim..(row + 1) * dim]);
         }
         Ok(out)
+    }
+
+    /// L2-normalized embeddings `[texts.len(), dim]` as a candle tensor computed with
+    /// [`BertModel::forward_train`] (differentiable; `lora` added), for training.
+    pub fn embed_train(
+        &self,
+        texts: &[&str],
+        role: TextRole,
+        max_len: usize,
+        lora: Option<&LoraTrain>,
+    ) -> Result<Tensor> {
+        let (ids, lens, seq) = self.batch_ids(texts, role, max_len)?;
+        let hidden = self.model.forward_train(&ids, &lens, seq, lora)?;
+        let w = self.parts.pooling.weights(&lens, seq).ok_or_else(|| {
+            MlError::Unsupported("training with max pooling is not supported".into())
+        })?;
+        let w =
+            Tensor::from_vec(w, (lens.len(), 1, seq), hidden.device())?.to_dtype(hidden.dtype())?;
+        let pooled = w.matmul(&hidden)?.squeeze(1)?;
+        let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?;
+        Ok(pooled.broadcast_div(&norm)?)
+    }
+
+    /// The transformer.
+    pub fn model(&self) -> &BertModel {
+        &self.model
+    }
+
+    /// How token states are pooled.
+    pub fn pooling(&self) -> Pooling {
+        self.parts.pooling
+    }
+
+    /// Token limit per text.
+    pub fn max_len(&self) -> usize {
+        self.parts.max_len
+    }
+
+    /// Merges the PEFT LoRA adapter in `dir` into the weights (see
+    /// [`BertModel::merge_lora`]) and adds the adapter's digest to the fingerprint, so that
+    /// vectors made with and without it are never mixed.
+    pub fn apply_adapter(&mut self, dir: &Path) -> Result<()> {
+        let adapter = LoraAdapter::load(dir, &self.model.device)?;
+        self.model.merge_lora(&adapter)?;
+        let digest = LoraAdapter::folder_digest(dir)?;
+        self.fingerprint = format!("{}:lora={digest}", self.fingerprint);
+        Ok(())
     }
 }
 

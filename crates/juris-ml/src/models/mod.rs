@@ -5,6 +5,7 @@
 //! * [`decoder`] — decoder LLMs (GGUF) as last-token-pooling encoders.
 //! * [`decoder_layers`] — blocks shared by the decoders (linear, norm, rope, masks).
 //! * [`llama`], [`gemma3`], [`qwen`] — decoder architectures.
+//! * [`tiny`] — a tiny random BERT built from a seed, for tests.
 
 pub mod bert;
 pub mod decoder;
@@ -13,3 +14,4 @@ pub mod e5s1;
 pub mod gemma3;
 pub mod llama;
 pub mod qwen;
+pub mod tiny;

@@ -1,0 +1,547 @@
+//! LoRA adapters (low-rank updates `W + (α/r)·B·A` of chosen linear layers): the adapter
+//! itself ([`LoraAdapter`]: config, per-module `A`/`B`), reading and writing it in the PEFT
+//! folder format (`adapter_config.json` + `adapter_model.safetensors`, keys
+//! `base_model.model.<module>.lora_A.weight` `[r, in]` and `.lora_B.weight` `[out, r]`), the
+//! trainable form ([`LoraTrain`]: `A`/`B` as candle `Var`s, seeded init, dropout) and the
+//! forward of one adapted layer ([`LoraTrain::apply`]). Merging into a model's weights is
+//! done by the model (`BertModel::merge_lora`), which knows its module paths.
+//!
+//! Module paths are those of the Hugging Face base model class (`AutoModel`), e.g.
+//! `encoder.layer.0.attention.self.query`, and `target_modules` select modules the way PEFT
+//! does: a module is adapted when its path equals a target or ends with `.` + target.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{MlError, Result};
+
+/// Name of the adapter's config file in a PEFT folder.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+/// Name of the adapter's weights file in a PEFT folder.
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+const KEY_PREFIX: &str = "base_model.model.";
+
+/// The fields of PEFT's `adapter_config.json` that juris writes and reads (others are kept
+/// out; PEFT fills its defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Always `LORA`.
+    pub peft_type: String,
+    /// Rank of the update.
+    pub r: usize,
+    /// Scale numerator: the update is multiplied by `lora_alpha / r`.
+    pub lora_alpha: f64,
+    /// Dropout on the adapter's input during training.
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// Module names (suffixes of module paths) that get an adapter.
+    pub target_modules: Vec<String>,
+    /// `none`: biases are not trained.
+    #[serde(default = "default_bias")]
+    pub bias: String,
+    /// The base model the adapter belongs to (a path or an id).
+    #[serde(default)]
+    pub base_model_name_or_path: String,
+    /// `FEATURE_EXTRACTION` for encoders.
+    #[serde(default)]
+    pub task_type: Option<String>,
+    /// PEFT's switch for the rank-stabilized scale `α/√r`; juris supports only `false`.
+    #[serde(default)]
+    pub use_rslora: bool,
+}
+
+fn default_bias() -> String {
+    "none".into()
+}
+
+impl LoraConfig {
+    /// A config for `targets` with rank `r`, scale `alpha / r` and `dropout`.
+    pub fn new(r: usize, alpha: f64, dropout: f64, targets: &[&str], base: &str) -> Self {
+        LoraConfig {
+            peft_type: "LORA".into(),
+            r,
+            lora_alpha: alpha,
+            lora_dropout: dropout,
+            target_modules: targets.iter().map(|s| s.to_string()).collect(),
+            bias: "none".into(),
+            base_model_name_or_path: base.into(),
+            task_type: Some("FEATURE_EXTRACTION".into()),
+            use_rslora: false,
+        }
+    }
+
+    /// `lora_alpha / r`, the factor of `B·A`.
+    pub fn scale(&self) -> f64 {
+        self.lora_alpha / self.r.max(1) as f64
+    }
+
+    /// Whether the module at `path` is adapted (PEFT's rule: equal to a target or ending
+    /// with `.target`).
+    pub fn targets(&self, path: &str) -> bool {
+        self.target_modules
+            .iter()
+            .any(|t| path == t || path.ends_with(&format!(".{t}")))
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let bad = |what: String| MlError::Corrupt {
+            path: path.into(),
+            what,
+        };
+        if self.peft_type != "LORA" {
+            return Err(bad(format!(
+                "peft_type is '{}'; only LORA adapters are supported",
+                self.peft_type
+            )));
+        }
+        if self.r == 0 {
+            return Err(bad("r is 0; the rank must be at least 1".into()));
+        }
+        if self.bias != "none" {
+            return Err(bad(format!(
+                "bias is '{}'; only 'none' is supported",
+                self.bias
+            )));
+        }
+        if self.use_rslora {
+            return Err(bad(
+                "use_rslora is true; only the α/r scale is supported".into()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One adapted module: `A` `[r, in]` and `B` `[out, r]`.
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    /// Down projection `[r, in]`.
+    pub a: Tensor,
+    /// Up projection `[out, r]`.
+    pub b: Tensor,
+}
+
+/// A LoRA adapter: its config and one `A`/`B` pair per adapted module path.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// PEFT config.
+    pub config: LoraConfig,
+    /// Module path (`encoder.layer.0.attention.self.query`) → weights.
+    pub modules: BTreeMap<String, LoraPair>,
+}
+
+impl LoraAdapter {
+    /// The update `scale · B·A` (`[out, in]`, in the tensors' dtype) of `path`, if adapted.
+    pub fn delta(&self, path: &str) -> Result<Option<Tensor>> {
+        let Some(p) = self.modules.get(path) else {
+            return Ok(None);
+        };
+        Ok(Some((p.b.matmul(&p.a)? * self.config.scale())?))
+    }
+
+    /// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` (f32), each
+    /// through a temporary file renamed into place.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| MlError::Io {
+            path: dir.into(),
+            source,
+        })?;
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (path, p) in &self.modules {
+            let cpu = |t: &Tensor| -> Result<Tensor> {
+                Ok(t.to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?
+                    .contiguous()?)
+            };
+            tensors.push((format!("{KEY_PREFIX}{path}.lora_A.weight"), cpu(&p.a)?));
+            tensors.push((format!("{KEY_PREFIX}{path}.lora_B.weight"), cpu(&p.b)?));
+        }
+        let weights = dir.join(WEIGHTS_FILE);
+        let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
+        candle_core::safetensors::save(
+            &tensors
+                .iter()
+                .map(|(k, t)| (k.clone(), t.clone()))
+                .collect(),
+            &tmp,
+        )?;
+        rename(&tmp, &weights)?;
+        let json = serde_json::to_string_pretty(&self.config)
+            .map_err(|e| MlError::Unsupported(format!("adapter config: {e}")))?;
+        let cfg = dir.join(CONFIG_FILE);
+        let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
+        std::fs::write(&tmp, json).map_err(|source| MlError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        rename(&tmp, &cfg)
+    }
+
+    /// Reads a PEFT LoRA folder onto `device` as f32. Keys may carry PEFT's
+    /// `base_model.model.` prefix and a `bert.`/`roberta.` model prefix; both are removed.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join(CONFIG_FILE);
+        let weights_path = dir.join(WEIGHTS_FILE);
+        for p in [&cfg_path, &weights_path] {
+            if !p.is_file() {
+                return Err(MlError::Missing {
+                    path: p.clone(),
+                    hint: "a LoRA adapter folder (PEFT format) needs adapter_config.json and \
+                           adapter_model.safetensors"
+                        .into(),
+                });
+            }
+        }
+        let text = std::fs::read_to_string(&cfg_path).map_err(|source| MlError::Io {
+            path: cfg_path.clone(),
+            source,
+        })?;
+        let config: LoraConfig = serde_json::from_str(&text).map_err(|e| MlError::Corrupt {
+            path: cfg_path.clone(),
+            what: format!("not a PEFT LoRA config ({e})"),
+        })?;
+        config.check(&cfg_path)?;
+        let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
+            MlError::Corrupt {
+                path: weights_path.clone(),
+                what: format!("not a valid safetensors file ({e})"),
+            }
+        })?;
+        let mut a_parts: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut b_parts: BTreeMap<String, Tensor> = BTreeMap::new();
+        for (key, t) in tensors {
+            let t = t.to_dtype(DType::F32)?.to_device(device)?;
+            let k = key.strip_prefix(KEY_PREFIX).unwrap_or(&key);
+            let k = ["bert.", "roberta.", "model."]
+                .iter()
+                .find_map(|p| k.strip_prefix(p))
+                .unwrap_or(k);
+            // PEFT may name the adapter (`lora_A.default.weight`); accept both forms.
+            let k = k.replace(".default.weight", ".weight");
+            if let Some(path) = k.strip_suffix(".lora_A.weight") {
+                a_parts.insert(path.to_string(), t);
+            } else if let Some(path) = k.strip_suffix(".lora_B.weight") {
+                b_parts.insert(path.to_string(), t);
+            } else {
+                return Err(MlError::Corrupt {
+                    path: weights_path.clone(),
+                    what: format!("tensor '{key}' is not a LoRA A or B weight"),
+                });
+            }
+        }
+        let mut modules = BTreeMap::new();
+        for (path, a) in a_parts {
+            let b = b_parts.remove(&path).ok_or_else(|| MlError::Corrupt {
+                path: weights_path.clone(),
+                what: format!("module '{path}' has lora_A but no lora_B"),
+            })?;
+            let (ra, _) = a.dims2()?;
+            let (_, rb) = b.dims2()?;
+            if ra != config.r || rb != config.r {
+                return Err(MlError::Corrupt {
+                    path: weights_path.clone(),
+                    what: format!(
+                        "module '{path}': A has {ra} rows and B {rb} columns, config r is {}",
+                        config.r
+                    ),
+                });
+            }
+            modules.insert(path, LoraPair { a, b });
+        }
+        if let Some(path) = b_parts.keys().next() {
+            return Err(MlError::Corrupt {
+                path: weights_path,
+                what: format!("module '{path}' has lora_B but no lora_A"),
+            });
+        }
+        Ok(LoraAdapter { config, modules })
+    }
+
+    /// SHA-256 (hex) of the adapter's weights and config as stored in `dir`; part of the
+    /// fingerprint of an encoder that merged it.
+    pub fn folder_digest(dir: &Path) -> Result<String> {
+        let mut h = Sha256::new();
+        for name in [CONFIG_FILE, WEIGHTS_FILE] {
+            let p = dir.join(name);
+            let bytes = std::fs::read(&p).map_err(|source| MlError::Io { path: p, source })?;
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// Writes `out` (which must not exist): a copy of the Hugging Face folder `base` whose
+/// `model.safetensors` has the adapter in `adapter_dir` merged into its weights (each tensor
+/// keeps its dtype), loadable by any BERT loader without PEFT.
+pub fn merge_into_hf_dir(base: &Path, adapter_dir: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        return Err(MlError::Unsupported(format!(
+            "{}: already exists; choose a new output folder",
+            out.display()
+        )));
+    }
+    let adapter = LoraAdapter::load(adapter_dir, &Device::Cpu)?;
+    let weights_path = base.join("model.safetensors");
+    if !weights_path.is_file() {
+        return Err(MlError::Missing {
+            path: weights_path,
+            hint: "the base must be a Hugging Face folder with model.safetensors".into(),
+        });
+    }
+    let mut tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)?;
+    let prefix = ["", "bert.", "roberta.", "model."]
+        .into_iter()
+        .find(|p| tensors.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
+        .unwrap_or("");
+    for path in adapter.modules.keys() {
+        let key = format!("{prefix}{path}.weight");
+        let Some(w) = tensors.get(&key) else {
+            return Err(MlError::Mismatch(format!(
+                "{}: no tensor '{key}' for adapter module '{path}'; the adapter belongs to \
+                 another model",
+                weights_path.display()
+            )));
+        };
+        let Some(delta) = adapter.delta(path)? else {
+            continue;
+        };
+        if delta.dims() != w.dims() {
+            return Err(MlError::Mismatch(format!(
+                "adapter module '{path}' gives {:?}, the weight is {:?}",
+                delta.dims(),
+                w.dims()
+            )));
+        }
+        let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
+        tensors.insert(key, merged);
+    }
+    let tmp = out.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|source| MlError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+    }
+    copy_dir(base, &tmp, &|name| {
+        name != "model.safetensors" && name != "pytorch_model.bin"
+    })?;
+    candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))?;
+    rename(&tmp, out)
+}
+
+fn copy_dir(from: &Path, to: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| MlError::Io { path: p, source }
+    };
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    for entry in std::fs::read_dir(from).map_err(io(from))? {
+        let entry = entry.map_err(io(from))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let src = entry.path();
+        if src.is_dir() {
+            if !name.starts_with('.') {
+                copy_dir(&src, &to.join(&name), keep)?;
+            }
+        } else if keep(&name) {
+            std::fs::copy(&src, to.join(&name)).map_err(io(&src))?;
+        }
+    }
+    Ok(())
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|source| MlError::Io {
+        path: to.into(),
+        source,
+    })
+}
+
+/// SplitMix64: the small seeded generator used for LoRA init and dropout (and by training
+/// for data order), so that a run is reproducible from its seed alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// A LoRA adapter being trained: `A` and `B` of each module as candle `Var`s, plus the
+/// dropout generator. `A` starts Kaiming-uniform (bound `1/√in`, as PEFT's default init),
+/// `B` at zero, so training starts from the base model exactly.
+pub struct LoraTrain {
+    /// Config written with the adapter.
+    pub config: LoraConfig,
+    /// Module path → (`A`, `B`).
+    pub vars: BTreeMap<String, (Var, Var)>,
+    dropout_rng: RefCell<Option<SplitMix64>>,
+}
+
+impl LoraTrain {
+    /// Fresh adapters for `modules` (path, in, out) on `device` in `dtype`, seeded.
+    pub fn init(
+        config: LoraConfig,
+        modules: &[(String, usize, usize)],
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut rng = SplitMix64(seed);
+        let mut vars = BTreeMap::new();
+        let r = config.r;
+        for (path, inp, out) in modules {
+            let bound = 1.0 / (*inp as f64).sqrt();
+            let a: Vec<f64> = (0..r * inp)
+                .map(|_| (rng.next_f64() * 2.0 - 1.0) * bound)
+                .collect();
+            let a = Tensor::from_vec(a, (r, *inp), device)?.to_dtype(dtype)?;
+            let b = Tensor::zeros((*out, r), dtype, device)?;
+            vars.insert(path.clone(), (Var::from_tensor(&a)?, Var::from_tensor(&b)?));
+        }
+        Ok(LoraTrain {
+            config,
+            vars,
+            dropout_rng: RefCell::new(None),
+        })
+    }
+
+    /// Trainable form of a loaded adapter (to continue training it).
+    pub fn from_adapter(adapter: &LoraAdapter, dtype: DType) -> Result<Self> {
+        let mut vars = BTreeMap::new();
+        for (path, p) in &adapter.modules {
+            vars.insert(
+                path.clone(),
+                (
+                    Var::from_tensor(&p.a.to_dtype(dtype)?)?,
+                    Var::from_tensor(&p.b.to_dtype(dtype)?)?,
+                ),
+            );
+        }
+        Ok(LoraTrain {
+            config: adapter.config.clone(),
+            vars,
+            dropout_rng: RefCell::new(None),
+        })
+    }
+
+    /// Turns dropout on with masks drawn from `seed` (call once per step, so that a resumed
+    /// run draws the same masks), or off with `None` (evaluation).
+    pub fn set_dropout_seed(&self, seed: Option<u64>) {
+        *self.dropout_rng.borrow_mut() = seed.map(SplitMix64);
+    }
+
+    /// The trainable variables in a fixed order (by module path, `A` before `B`), with
+    /// names `<path>.lora_A` / `<path>.lora_B`.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::with_capacity(self.vars.len() * 2);
+        for (path, (a, b)) in &self.vars {
+            out.push((format!("{path}.lora_A"), a.clone()));
+            out.push((format!("{path}.lora_B"), b.clone()));
+        }
+        out
+    }
+
+    /// A snapshot as a plain adapter (tensors copied, detached from training).
+    pub fn to_adapter(&self) -> Result<LoraAdapter> {
+        let mut modules = BTreeMap::new();
+        for (path, (a, b)) in &self.vars {
+            modules.insert(
+                path.clone(),
+                LoraPair {
+                    a: a.as_tensor().detach().copy()?,
+                    b: b.as_tensor().detach().copy()?,
+                },
+            );
+        }
+        Ok(LoraAdapter {
+            config: self.config.clone(),
+            modules,
+        })
+    }
+
+    /// `base_out + scale · dropout(x) Aᵀ Bᵀ` for the module at `path`; `base_out` unchanged
+    /// when the module has no adapter.
+    pub fn apply(&self, path: &str, x: &Tensor, base_out: Tensor) -> Result<Tensor> {
+        let Some((a, b)) = self.vars.get(path) else {
+            return Ok(base_out);
+        };
+        let dims = x.dims().to_vec();
+        let inp = dims.last().copied().unwrap_or(0);
+        let rows = x.elem_count() / inp.max(1);
+        let mut x2 = x.reshape((rows, inp))?;
+        let p = self.config.lora_dropout;
+        if p > 0.0 {
+            if let Some(rng) = self.dropout_rng.borrow_mut().as_mut() {
+                let keep = 1.0 / (1.0 - p);
+                let mask: Vec<f32> = (0..rows * inp)
+                    .map(|_| if rng.next_f64() < p { 0.0 } else { keep as f32 })
+                    .collect();
+                let mask = Tensor::from_vec(mask, (rows, inp), x.device())?.to_dtype(x.dtype())?;
+                x2 = (x2 * mask)?;
+            }
+        }
+        let low = x2
+            .matmul(&a.as_tensor().t()?)?
+            .matmul(&b.as_tensor().t()?)?;
+        let low = (low * self.config.scale())?;
+        let low = low.reshape(base_out.shape())?;
+        Ok((base_out + low)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_follow_peft_suffix_rule() {
+        let c = LoraConfig::new(4, 8.0, 0.0, &["query", "output.dense"], "m");
+        assert!(c.targets("encoder.layer.0.attention.self.query"));
+        assert!(c.targets("encoder.layer.0.output.dense"));
+        assert!(c.targets("encoder.layer.0.attention.output.dense"));
+        assert!(!c.targets("encoder.layer.0.intermediate.dense"));
+        assert!(!c.targets("encoder.layer.0.attention.self.key"));
+        assert_eq!(c.scale(), 2.0);
+    }
+
+    #[test]
+    fn shuffle_is_seeded() {
+        let mut a: Vec<u32> = (0..50).collect();
+        let mut b = a.clone();
+        SplitMix64(7).shuffle(&mut a);
+        SplitMix64(7).shuffle(&mut b);
+        assert_eq!(a, b);
+        assert_ne!(a, (0..50).collect::<Vec<_>>());
+    }
+}

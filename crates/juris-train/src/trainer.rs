@@ -1,0 +1,657 @@
+//! The training loop: phases → epochs → optimizer steps (each `grad_accum` forward passes of
+//! `batch_size` queries with their positive and negatives), dev evaluation and early
+//! stopping at epoch ends, checkpoints, and the files a run leaves in its output folder:
+//!
+//! * `adapter/` — the final adapter (PEFT format); `best-<phase>/` — the best dev epoch of
+//!   each phase (the phase ends on it, so the next phase starts from it);
+//! * `negatives-<phase>.jsonl` — the negatives each phase used; `bm25-index/` — the index
+//!   BM25 negatives came from;
+//! * `checkpoint/` — what a resume needs; `metrics.jsonl`, `metrics.svg` — the record.
+//!
+//! Everything random (adapter init, data order, positive and negative sampling, dropout) is
+//! drawn from generators seeded by the config's seed and the position in training, so a run
+//! resumed from a checkpoint takes exactly the steps an uninterrupted run takes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor, Var};
+use juris_eval::{evaluate, Metric, MissingPolicy, Run};
+use juris_index::Progress;
+use juris_ml::lora::{LoraAdapter, LoraConfig, LoraTrain, SplitMix64};
+use juris_ml::models::bert::BertEncoder;
+use juris_ml::{DeviceChoice, EncoderOptions, TextRole};
+use serde_json::json;
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::{NegativeSource, PhaseConfig, TrainConfig};
+use crate::data::{Dataset, Split};
+use crate::error::{io, Result, TrainError};
+use crate::loss::info_nce;
+use crate::negatives::{self, QueryNegatives};
+use crate::optim::{clip_grad_norm, lr_at, AdamW};
+use crate::report;
+
+/// How to run (things that do not change the result).
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Where to compute.
+    pub device: DeviceChoice,
+    /// Test hook: after this many optimizer steps in total, write a checkpoint and return
+    /// as if the process had been killed (no adapter written).
+    pub stop_after_steps: Option<u64>,
+}
+
+/// What a call to [`train`] did.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// Optimizer steps taken in total (this call and earlier ones).
+    pub steps: u64,
+    /// Whether training finished (`false`: stopped by [`TrainOptions::stop_after_steps`]).
+    pub finished: bool,
+    /// The final adapter folder (when finished).
+    pub adapter: Option<PathBuf>,
+    /// Dev metrics of the base model before training (fresh runs with an eval split).
+    pub zero_shot: Option<Vec<(String, f64)>>,
+    /// Dev metrics of the final adapter.
+    pub final_dev: Option<Vec<(String, f64)>>,
+}
+
+/// Dev metrics reported after every epoch.
+fn dev_metrics() -> Vec<Metric> {
+    vec![
+        Metric::Mrr(Some(10)),
+        Metric::Ndcg(Some(10)),
+        Metric::Recall(Some(10)),
+    ]
+}
+
+/// Mixes numbers into a seed (SplitMix64 of a running hash), so that each use of randomness
+/// has its own independent, position-keyed generator.
+fn mix(parts: &[u64]) -> u64 {
+    let mut h = 0x5851_f42d_4c95_7f2du64;
+    for &p in parts {
+        h = SplitMix64(h ^ p).next_u64();
+    }
+    h
+}
+
+/// Seeds of the different kinds of randomness.
+const SALT_ORDER: u64 = 1;
+const SALT_SAMPLE: u64 = 2;
+const SALT_DROPOUT: u64 = 3;
+const SALT_NEGATIVES: u64 = 4;
+const SALT_INIT: u64 = 5;
+
+/// Trains (or resumes) the run `cfg` describes, loading `[model] path`.
+pub fn train(
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    progress: &dyn Progress,
+    note: &dyn Fn(&str),
+) -> Result<TrainOutcome> {
+    let enc_opts = EncoderOptions {
+        max_len: cfg.model.max_len,
+        batch_size: cfg.train.eval_batch_size,
+        device: opts.device,
+    };
+    let enc = juris_ml::load_bert_encoder(&cfg.model.path, &enc_opts)?;
+    train_with(cfg, &enc, opts, progress, note)
+}
+
+/// [`train`] with an encoder already loaded (tests use a tiny random one); `[model] path`
+/// is then only recorded in the adapter's config.
+pub fn train_with(
+    cfg: &TrainConfig,
+    enc: &BertEncoder,
+    opts: &TrainOptions,
+    progress: &dyn Progress,
+    note: &dyn Fn(&str),
+) -> Result<TrainOutcome> {
+    let t = &cfg.train;
+    let out = t.out.clone();
+    std::fs::create_dir_all(&out).map_err(io(&out))?;
+    let ds = Dataset::load(&cfg.data.dir)?;
+    let train_split = ds.split(&cfg.data.train_split)?;
+    let dev = match &cfg.data.eval_split {
+        Some(s) => Some(ds.split(s)?),
+        None => None,
+    };
+    note(&format!(
+        "{} passages, {} training queries{}",
+        ds.doc_ids.len(),
+        train_split.queries.len(),
+        dev.as_ref()
+            .map(|d| format!(", {} dev queries", d.queries.len()))
+            .unwrap_or_default()
+    ));
+    let device = enc.model().device().clone();
+    let targets: Vec<&str> = cfg.lora.target_modules.iter().map(String::as_str).collect();
+    let lora_cfg = LoraConfig::new(
+        cfg.lora.r,
+        cfg.lora.alpha,
+        cfg.lora.dropout,
+        &targets,
+        &cfg.model.path,
+    );
+    let modules: Vec<(String, usize, usize)> = enc
+        .model()
+        .linears()
+        .into_iter()
+        .filter(|(p, _, _)| lora_cfg.targets(p))
+        .collect();
+    if modules.is_empty() {
+        return Err(TrainError::Data(format!(
+            "lora.target_modules {:?} match no linear layer of {} (its layers end in \
+             attention.self.query/key/value, attention.output.dense, intermediate.dense, \
+             output.dense)",
+            cfg.lora.target_modules, cfg.model.path
+        )));
+    }
+    let lora = LoraTrain::init(
+        lora_cfg,
+        &modules,
+        mix(&[t.seed, SALT_INIT]),
+        DType::F32,
+        &device,
+    )?;
+    let named = lora.named_vars();
+    let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
+    let metrics_path = out.join("metrics.jsonl");
+    let digest = cfg.trajectory_digest();
+    let mut opt = AdamW::new(&vars, t.weight_decay)?;
+    let mut zero_shot = None;
+    let mut state = match checkpoint::load(&out, &device)? {
+        Some((st, tensors)) => {
+            if st.config_digest != digest {
+                return Err(TrainError::Checkpoint {
+                    path: checkpoint::dir(&out),
+                    what: "was written with a different config (only max_steps may change \
+                           between a run and its resume); use another [train] out folder or \
+                           delete this one to start over"
+                        .into(),
+                });
+            }
+            let get = |k: String| -> Result<Tensor> {
+                tensors
+                    .get(&k)
+                    .cloned()
+                    .ok_or_else(|| TrainError::Checkpoint {
+                        path: checkpoint::dir(&out),
+                        what: format!("tensor '{k}' is missing; delete the folder to start over"),
+                    })
+            };
+            for (i, (name, var)) in named.iter().enumerate() {
+                var.set(&get(format!("param.{name}"))?)?;
+                opt.m[i] = get(format!("adam_m.{name}"))?;
+                opt.v[i] = get(format!("adam_v.{name}"))?;
+            }
+            opt.step = st.adam_step;
+            report::truncate_after(&metrics_path, st.global_step)?;
+            note(&format!(
+                "resuming from the checkpoint at step {} (phase {}, epoch {})",
+                st.global_step,
+                cfg.phases
+                    .get(st.phase)
+                    .map(|p| p.name.as_str())
+                    .unwrap_or("done"),
+                st.epoch + 1
+            ));
+            st
+        }
+        None => {
+            if metrics_path.exists() {
+                std::fs::remove_file(&metrics_path).map_err(io(&metrics_path))?;
+            }
+            if let Some(dev) = &dev {
+                note("evaluating the base model on the dev split");
+                let m = evaluate_dense(enc, &lora, &ds, dev, cfg, progress)?;
+                report::append(
+                    &metrics_path,
+                    &json!({"step": 0, "phase": "zero-shot", "dev": metrics_json(&m)}),
+                )?;
+                zero_shot = Some(m);
+            }
+            TrainState {
+                config_digest: digest.clone(),
+                phase: 0,
+                epoch: 0,
+                step_in_epoch: 0,
+                phase_step: 0,
+                global_step: 0,
+                adam_step: 0,
+                best: None,
+                bad_epochs: 0,
+                done: false,
+            }
+        }
+    };
+    let save_ckpt = |state: &TrainState, opt: &AdamW| -> Result<()> {
+        let mut tensors = Vec::with_capacity(named.len() * 3);
+        for (i, (name, var)) in named.iter().enumerate() {
+            tensors.push((format!("param.{name}"), var.as_tensor().clone()));
+            tensors.push((format!("adam_m.{name}"), opt.m[i].clone()));
+            tensors.push((format!("adam_v.{name}"), opt.v[i].clone()));
+        }
+        checkpoint::save(&out, state, &tensors)
+    };
+    let metric = Metric::parse(&t.metric).map_err(|e| TrainError::Data(e.to_string()))?;
+    let n_queries = train_split.queries.len();
+    let per_step = t.batch_size * t.grad_accum;
+    let steps_per_epoch = n_queries.div_ceil(per_step) as u64;
+    let mut stopped_by_max = false;
+
+    'phases: while state.phase < cfg.phases.len() && !state.done {
+        let pi = state.phase;
+        let ph = &cfg.phases[pi];
+        let negs = phase_negatives(cfg, pi, &ds, &train_split, enc, &lora, progress, note)?;
+        let by_qid: HashMap<&str, &QueryNegatives> =
+            negs.iter().map(|n| (n.qid.as_str(), n)).collect();
+        let total = steps_per_epoch * ph.epochs as u64;
+        let warmup = (t.warmup_ratio * total as f64).ceil() as u64;
+        let peak = ph.lr.unwrap_or(t.lr);
+        while state.epoch < ph.epochs {
+            let epoch = state.epoch;
+            let mut order: Vec<usize> = (0..n_queries).collect();
+            SplitMix64(mix(&[t.seed, SALT_ORDER, pi as u64, epoch as u64])).shuffle(&mut order);
+            progress.start(
+                &format!("{} epoch {}/{}", ph.name, epoch + 1, ph.epochs),
+                Some(steps_per_epoch),
+            );
+            progress.inc(state.step_in_epoch);
+            while state.step_in_epoch < steps_per_epoch {
+                let s = state.step_in_epoch as usize;
+                let chunk = &order[s * per_step..((s + 1) * per_step).min(n_queries)];
+                let micro: Vec<&[usize]> = chunk.chunks(t.batch_size).collect();
+                let mut acc: Option<Vec<Tensor>> = None;
+                let mut loss_sum = 0f64;
+                for (mi, idx) in micro.iter().enumerate() {
+                    lora.set_dropout_seed(Some(mix(&[
+                        t.seed,
+                        SALT_DROPOUT,
+                        state.global_step,
+                        mi as u64,
+                    ])));
+                    let loss = batch_loss(
+                        enc,
+                        &lora,
+                        &ds,
+                        &train_split,
+                        &by_qid,
+                        idx,
+                        ph,
+                        cfg,
+                        &[t.seed, SALT_SAMPLE, pi as u64, epoch as u64],
+                    )?;
+                    loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    let grads = (loss / micro.len() as f64)?.backward()?;
+                    let g: Vec<Tensor> = vars
+                        .iter()
+                        .map(|v| match grads.get(v.as_tensor()) {
+                            Some(g) => Ok(g.clone()),
+                            None => v.as_tensor().zeros_like(),
+                        })
+                        .collect::<candle_core::Result<_>>()?;
+                    acc = Some(match acc {
+                        None => g,
+                        Some(a) => a
+                            .iter()
+                            .zip(&g)
+                            .map(|(x, y)| x + y)
+                            .collect::<candle_core::Result<_>>()?,
+                    });
+                }
+                lora.set_dropout_seed(None);
+                let mut grads = acc.unwrap_or_default();
+                let grad_norm = clip_grad_norm(&mut grads, t.max_grad_norm)?;
+                let lr = lr_at(state.phase_step, total, warmup, peak);
+                opt.update(&vars, &grads, lr)?;
+                state.step_in_epoch += 1;
+                state.phase_step += 1;
+                state.global_step += 1;
+                state.adam_step = opt.step;
+                progress.inc(1);
+                let loss = loss_sum / micro.len().max(1) as f64;
+                if !loss.is_finite() {
+                    return Err(TrainError::Data(format!(
+                        "the loss became {loss} at step {}; lower [train] lr or raise \
+                         temperature",
+                        state.global_step
+                    )));
+                }
+                if state.global_step % t.log_every == 0 {
+                    report::append(
+                        &metrics_path,
+                        &json!({"step": state.global_step, "phase": ph.name, "epoch": epoch + 1,
+                                "loss": loss, "lr": lr, "grad_norm": grad_norm}),
+                    )?;
+                }
+                if t.checkpoint_every > 0 && state.global_step % t.checkpoint_every == 0 {
+                    save_ckpt(&state, &opt)?;
+                }
+                if opts.stop_after_steps == Some(state.global_step) {
+                    save_ckpt(&state, &opt)?;
+                    progress.finish();
+                    return Ok(TrainOutcome {
+                        steps: state.global_step,
+                        finished: false,
+                        adapter: None,
+                        zero_shot,
+                        final_dev: None,
+                    });
+                }
+                if t.max_steps == Some(state.global_step) {
+                    stopped_by_max = true;
+                    progress.finish();
+                    note(&format!("stopping at max_steps = {}", state.global_step));
+                    break 'phases;
+                }
+            }
+            progress.finish();
+            state.epoch += 1;
+            state.step_in_epoch = 0;
+            let mut stop_phase = false;
+            if let Some(dev) = &dev {
+                let m = evaluate_dense(enc, &lora, &ds, dev, cfg, progress)?;
+                let value = metric_value(&m, &metric);
+                note(&format!(
+                    "{} epoch {}: dev {}",
+                    ph.name,
+                    epoch + 1,
+                    m.iter()
+                        .map(|(k, v)| format!("{k} {v:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                report::append(
+                    &metrics_path,
+                    &json!({"step": state.global_step, "phase": ph.name, "epoch": epoch + 1,
+                            "dev": metrics_json(&m)}),
+                )?;
+                if state.best.is_none_or(|b| value > b) {
+                    state.best = Some(value);
+                    state.bad_epochs = 0;
+                    lora.to_adapter()?
+                        .save(&out.join(format!("best-{}", ph.name)))?;
+                } else {
+                    state.bad_epochs += 1;
+                    stop_phase = t.patience > 0 && state.bad_epochs >= t.patience;
+                }
+            }
+            if stop_phase {
+                note(&format!(
+                    "{}: no better {} for {} epochs; stopping the phase early",
+                    ph.name, t.metric, state.bad_epochs
+                ));
+                state.epoch = ph.epochs;
+            }
+            save_ckpt(&state, &opt)?;
+        }
+        // The phase ends on its best dev epoch.
+        let best_dir = out.join(format!("best-{}", ph.name));
+        if dev.is_some() && best_dir.join(juris_ml::lora::WEIGHTS_FILE).is_file() {
+            let best = LoraAdapter::load(&best_dir, &device)?;
+            for (path, (a, b)) in &lora.vars {
+                if let Some(p) = best.modules.get(path) {
+                    a.set(&p.a)?;
+                    b.set(&p.b)?;
+                }
+            }
+        }
+        state.phase += 1;
+        state.epoch = 0;
+        state.step_in_epoch = 0;
+        state.phase_step = 0;
+        state.best = None;
+        state.bad_epochs = 0;
+        opt = AdamW::new(&vars, t.weight_decay)?;
+        state.adam_step = 0;
+        save_ckpt(&state, &opt)?;
+    }
+    if !stopped_by_max {
+        state.done = true;
+        save_ckpt(&state, &opt)?;
+    }
+    let adapter_dir = out.join("adapter");
+    lora.to_adapter()?.save(&adapter_dir)?;
+    let final_dev = match &dev {
+        Some(dev) => {
+            let m = evaluate_dense(enc, &lora, &ds, dev, cfg, progress)?;
+            Some(m)
+        }
+        None => None,
+    };
+    report::write_svg(&out)?;
+    Ok(TrainOutcome {
+        steps: state.global_step,
+        finished: true,
+        adapter: Some(adapter_dir),
+        zero_shot,
+        final_dev,
+    })
+}
+
+/// The phase's negatives: read from `negatives-<phase>.jsonl` when present (a resumed or
+/// repeated run), otherwise mined and written there.
+#[allow(clippy::too_many_arguments)]
+fn phase_negatives(
+    cfg: &TrainConfig,
+    pi: usize,
+    ds: &Dataset,
+    split: &Split,
+    enc: &BertEncoder,
+    lora: &LoraTrain,
+    progress: &dyn Progress,
+    note: &dyn Fn(&str),
+) -> Result<Vec<QueryNegatives>> {
+    let ph = &cfg.phases[pi];
+    let out = &cfg.train.out;
+    let path = out.join(format!("negatives-{}.jsonl", ph.name));
+    if path.is_file() {
+        note(&format!(
+            "{}: using negatives from {}",
+            ph.name,
+            path.display()
+        ));
+        return negatives::read_jsonl(&path);
+    }
+    let seed = mix(&[cfg.train.seed, SALT_NEGATIVES, pi as u64]);
+    let negs = match ph.negatives {
+        NegativeSource::Bm25 => {
+            note(&format!("{}: BM25 negatives (top {})", ph.name, ph.top_k));
+            negatives::bm25_negatives(
+                ds,
+                split,
+                ph.top_k,
+                ph.random_negatives,
+                &out.join("bm25-index"),
+                seed,
+            )?
+        }
+        NegativeSource::Mined => {
+            note(&format!(
+                "{}: mining negatives with the current model (top {}, relative margin {})",
+                ph.name, ph.top_k, ph.relative_margin
+            ));
+            let docs = encode_all(enc, lora, &ds.doc_texts, TextRole::Passage, cfg, progress)?;
+            let texts: Vec<String> = split.queries.iter().map(|q| q.text.clone()).collect();
+            let qs = encode_all(enc, lora, &texts, TextRole::Query, cfg, progress)?;
+            let scores = score_matrix(&qs, &docs, enc.model().config().hidden_size)?;
+            negatives::mined_negatives(
+                ds,
+                split,
+                &scores,
+                ph.top_k,
+                ph.relative_margin,
+                ph.random_negatives,
+                seed,
+            )
+        }
+    };
+    negatives::write_jsonl(&path, &negs)?;
+    Ok(negs)
+}
+
+/// The InfoNCE loss of one forward pass over the queries at `idx` of the split.
+#[allow(clippy::too_many_arguments)]
+fn batch_loss(
+    enc: &BertEncoder,
+    lora: &LoraTrain,
+    ds: &Dataset,
+    split: &Split,
+    negs: &HashMap<&str, &QueryNegatives>,
+    idx: &[usize],
+    ph: &PhaseConfig,
+    cfg: &TrainConfig,
+    seed_parts: &[u64],
+) -> Result<Tensor> {
+    let mut q_texts = Vec::with_capacity(idx.len());
+    let mut docs: Vec<usize> = Vec::new();
+    let mut targets = Vec::with_capacity(idx.len());
+    for &i in idx {
+        let q = &split.queries[i];
+        let mut parts = seed_parts.to_vec();
+        parts.push(i as u64);
+        let mut rng = SplitMix64(mix(&parts));
+        q_texts.push(q.text.as_str());
+        targets.push(docs.len());
+        docs.push(q.positives[rng.below(q.positives.len())]);
+        let n = negs.get(q.id.as_str());
+        let pick = |list: &[String], k: usize, rng: &mut SplitMix64| -> Vec<usize> {
+            let mut pool: Vec<usize> = list
+                .iter()
+                .filter_map(|id| ds.doc_pos.get(id).copied())
+                .collect();
+            rng.shuffle(&mut pool);
+            pool.truncate(k);
+            pool
+        };
+        let hard = n
+            .map(|n| pick(&n.hard, ph.hard_negatives, &mut rng))
+            .unwrap_or_default();
+        let missing = ph.hard_negatives - hard.len();
+        let random = n
+            .map(|n| pick(&n.random, ph.random_negatives + missing, &mut rng))
+            .unwrap_or_default();
+        docs.extend(hard);
+        docs.extend(random);
+    }
+    let mut excluded = Vec::new();
+    for (k, &i) in idx.iter().enumerate() {
+        let pos = &split.queries[i].positives;
+        for (j, d) in docs.iter().enumerate() {
+            if pos.binary_search(d).is_ok() {
+                excluded.push((k, j));
+            }
+        }
+    }
+    let d_texts: Vec<&str> = docs.iter().map(|&d| ds.doc_texts[d].as_str()).collect();
+    let qmax = cfg.model.query_max_len.unwrap_or(cfg.model.max_len);
+    let q = enc.embed_train(&q_texts, TextRole::Query, qmax, Some(lora))?;
+    let d = enc.embed_train(&d_texts, TextRole::Passage, cfg.model.max_len, Some(lora))?;
+    info_nce(&q, &d, &targets, &excluded, cfg.train.temperature)
+}
+
+/// Unit vectors of `texts` (row-major f32) with the adapter applied and dropout off, in
+/// batches of similar length.
+fn encode_all(
+    enc: &BertEncoder,
+    lora: &LoraTrain,
+    texts: &[String],
+    role: TextRole,
+    cfg: &TrainConfig,
+    progress: &dyn Progress,
+) -> Result<Vec<f32>> {
+    let h = enc.model().config().hidden_size;
+    let max_len = match role {
+        TextRole::Query => cfg.model.query_max_len.unwrap_or(cfg.model.max_len),
+        TextRole::Passage => cfg.model.max_len,
+    };
+    let mut order: Vec<(usize, usize)> = Vec::with_capacity(texts.len());
+    for (i, t) in texts.iter().enumerate() {
+        order.push((juris_ml::Encoder::token_count(enc, t, role)?, i));
+    }
+    order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut out = vec![0f32; texts.len() * h];
+    progress.start(
+        match role {
+            TextRole::Query => "encoding queries",
+            TextRole::Passage => "encoding passages",
+        },
+        Some(texts.len() as u64),
+    );
+    lora.set_dropout_seed(None);
+    for chunk in order.chunks(cfg.train.eval_batch_size.max(1)) {
+        let batch: Vec<&str> = chunk.iter().map(|&(_, i)| texts[i].as_str()).collect();
+        let v: Vec<f32> = enc
+            .embed_train(&batch, role, max_len, Some(lora))?
+            .detach()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        for (row, &(_, i)) in chunk.iter().enumerate() {
+            out[i * h..(i + 1) * h].copy_from_slice(&v[row * h..(row + 1) * h]);
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish();
+    Ok(out)
+}
+
+/// `queries · docsᵀ` as row-major f32 (`nq × nd`).
+fn score_matrix(queries: &[f32], docs: &[f32], h: usize) -> Result<Vec<f32>> {
+    let (nq, nd) = (queries.len() / h, docs.len() / h);
+    let q = Tensor::from_slice(queries, (nq, h), &Device::Cpu)?;
+    let d = Tensor::from_slice(docs, (nd, h), &Device::Cpu)?;
+    Ok(q.matmul(&d.t()?)?.flatten_all()?.to_vec1()?)
+}
+
+/// MRR@10, nDCG@10 and Recall@10 of dense retrieval over the whole corpus for `split`.
+fn evaluate_dense(
+    enc: &BertEncoder,
+    lora: &LoraTrain,
+    ds: &Dataset,
+    split: &Split,
+    cfg: &TrainConfig,
+    progress: &dyn Progress,
+) -> Result<Vec<(String, f64)>> {
+    let h = enc.model().config().hidden_size;
+    let docs = encode_all(enc, lora, &ds.doc_texts, TextRole::Passage, cfg, progress)?;
+    let texts: Vec<String> = split.queries.iter().map(|q| q.text.clone()).collect();
+    let qs = encode_all(enc, lora, &texts, TextRole::Query, cfg, progress)?;
+    let scores = score_matrix(&qs, &docs, h)?;
+    let n = ds.doc_ids.len();
+    let mut run = Run::new("juris-train");
+    for (qi, q) in split.queries.iter().enumerate() {
+        let row = &scores[qi * n..(qi + 1) * n];
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        for &j in order.iter().take(100) {
+            run.push(q.id.clone(), ds.doc_ids[j].clone(), row[j] as f64)
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+        }
+    }
+    let mut metrics = dev_metrics();
+    if let Ok(m) = Metric::parse(&cfg.train.metric) {
+        if !metrics.contains(&m) {
+            metrics.push(m);
+        }
+    }
+    let report = evaluate(&run, &split.qrels, &metrics, MissingPolicy::Zero);
+    Ok(metrics
+        .iter()
+        .map(|m| (m.to_string(), report.mean(*m).unwrap_or(0.0)))
+        .collect())
+}
+
+fn metrics_json(m: &[(String, f64)]) -> serde_json::Value {
+    serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+}
+
+fn metric_value(m: &[(String, f64)], metric: &Metric) -> f64 {
+    let name = metric.to_string();
+    m.iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,203 @@
+//! End-to-end training on a tiny random BERT and a tiny synthetic BEIR dataset (CPU, a few
+//! seconds): the loss falls, and a run stopped part-way and resumed ends with exactly the
+//! adapter and metrics log of an uninterrupted run.
+
+use std::path::Path;
+
+use candle_core::DType;
+use juris_index::NoProgress;
+use juris_ml::lora::SplitMix64;
+use juris_ml::models::bert::Pooling;
+use juris_ml::models::tiny::tiny_random_encoder;
+use juris_train::{train_with, TrainConfig, TrainOptions};
+
+/// 32 passages of random "words"; each query is three words of its passage. Queries 0..24
+/// are train, 24..32 dev.
+fn write_dataset(dir: &Path) {
+    let mut rng = SplitMix64(2024);
+    let mut word = || -> String {
+        let n = 2 + rng.below(3);
+        (0..n)
+            .map(|_| (b'a' + rng.below(26) as u8) as char)
+            .collect()
+    };
+    let mut corpus = String::new();
+    let mut queries = String::new();
+    let mut train = String::from("query-id\tcorpus-id\tscore\n");
+    let mut dev = train.clone();
+    for i in 0..32 {
+        let words: Vec<String> = (0..6).map(|_| word()).collect();
+        corpus.push_str(&format!(
+            "{{\"_id\":\"d{i}\",\"title\":\"\",\"text\":\"{}\"}}\n",
+            words.join(" ")
+        ));
+        queries.push_str(&format!(
+            "{{\"_id\":\"q{i}\",\"text\":\"{} {} {}\"}}\n",
+            words[0], words[2], words[4]
+        ));
+        let line = format!("q{i}\td{i}\t1\n");
+        if i < 24 {
+            train.push_str(&line);
+        } else {
+            dev.push_str(&line);
+        }
+    }
+    std::fs::create_dir_all(dir.join("qrels")).unwrap();
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
+    std::fs::write(dir.join("qrels/train.tsv"), train).unwrap();
+    std::fs::write(dir.join("qrels/dev.tsv"), dev).unwrap();
+}
+
+fn config(data: &Path, out: &Path, epochs: usize, two_phases: bool) -> TrainConfig {
+    let mut text = format!(
+        r#"
+[model]
+path = "tiny-random"
+max_len = 32
+[lora]
+r = 4
+alpha = 8
+dropout = 0.1
+[data]
+dir = "{}"
+eval_split = "dev"
+[train]
+out = "{}"
+seed = 7
+batch_size = 4
+grad_accum = 2
+lr = 5e-3
+warmup_ratio = 0.1
+temperature = 0.1
+checkpoint_every = 2
+[[phase]]
+name = "bm25"
+epochs = {epochs}
+negatives = "bm25"
+top_k = 5
+hard_negatives = 2
+random_negatives = 1
+"#,
+        data.display(),
+        out.display()
+    );
+    if two_phases {
+        text.push_str(
+            r#"
+[[phase]]
+name = "mined"
+epochs = 1
+negatives = "mined"
+top_k = 5
+hard_negatives = 2
+relative_margin = 0.05
+"#,
+        );
+    }
+    TrainConfig::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+fn encoder() -> juris_ml::models::bert::BertEncoder {
+    tiny_random_encoder(21, DType::F32, Pooling::Mean).unwrap()
+}
+
+fn losses(out: &Path) -> Vec<f64> {
+    juris_train::report::read(&out.join("metrics.jsonl"))
+        .iter()
+        .filter_map(|r| r.get("loss").and_then(|l| l.as_f64()))
+        .collect()
+}
+
+#[test]
+fn loss_falls_on_a_tiny_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let out = tmp.path().join("run");
+    let cfg = config(&data, &out, 6, false);
+    let enc = encoder();
+    let o = train_with(&cfg, &enc, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
+    assert!(o.finished);
+    // 24 queries / (4 × 2) = 3 steps per epoch.
+    assert_eq!(o.steps, 18);
+    let l = losses(&out);
+    assert_eq!(l.len(), 18);
+    let first: f64 = l[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(
+        last < 0.7 * first,
+        "loss did not fall: {first:.4} -> {last:.4} ({l:?})"
+    );
+    for f in [
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "negatives-bm25.jsonl",
+        "metrics.svg",
+        "best-bm25/adapter_model.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let z = o.zero_shot.unwrap();
+    assert_eq!(z.len(), 3);
+    assert!(o.final_dev.is_some());
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let enc = encoder();
+    let full = tmp.path().join("full");
+    let cfg = config(&data, &full, 2, true);
+    let o = train_with(&cfg, &enc, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
+    assert_eq!(o.steps, 9);
+
+    let parts = tmp.path().join("parts");
+    let cfg = config(&data, &parts, 2, true);
+    // Stop mid-epoch in phase 1 (step 5 is no checkpoint step), then in phase 2, then finish.
+    for stop in [Some(5), Some(7), None] {
+        let opts = TrainOptions {
+            stop_after_steps: stop,
+            ..Default::default()
+        };
+        let o = train_with(&cfg, &enc, &opts, &NoProgress, &|_| {}).unwrap();
+        assert_eq!(o.finished, stop.is_none());
+    }
+    let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert_eq!(
+        read(&full, "adapter/adapter_model.safetensors"),
+        read(&parts, "adapter/adapter_model.safetensors"),
+        "adapters differ"
+    );
+    assert_eq!(
+        read(&full, "negatives-mined.jsonl"),
+        read(&parts, "negatives-mined.jsonl")
+    );
+    let strip = |d: &Path| -> Vec<serde_json::Value> {
+        juris_train::report::read(&d.join("metrics.jsonl"))
+    };
+    assert_eq!(strip(&full), strip(&parts));
+}
+
+#[test]
+fn resume_with_another_config_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let enc = encoder();
+    let out = tmp.path().join("run");
+    let cfg = config(&data, &out, 1, false);
+    let opts = TrainOptions {
+        stop_after_steps: Some(1),
+        ..Default::default()
+    };
+    train_with(&cfg, &enc, &opts, &NoProgress, &|_| {}).unwrap();
+    let mut other = cfg.clone();
+    other.train.lr = 1e-3;
+    let e = train_with(&other, &enc, &TrainOptions::default(), &NoProgress, &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("different config"), "{e}");
+}

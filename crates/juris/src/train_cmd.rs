@@ -1,0 +1,130 @@
+//! `juris train retriever --config <file.toml>` (LoRA fine-tuning of a dense retriever,
+//! resumable) and `juris adapter merge` (an adapter merged into its base model, written as a
+//! Hugging Face folder). The work is in `juris-train` and `juris-ml::lora`.
+
+use crate::progress::Bar;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+/// What to train.
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Contrastive LoRA fine-tuning of a BERT-family dense retriever (phases of BM25 and
+    /// re-mined hard negatives); re-running the same command resumes from the checkpoint.
+    Retriever(RetrieverArgs),
+}
+
+/// `juris train retriever`.
+#[derive(Args, Debug)]
+pub struct RetrieverArgs {
+    /// Training config (TOML; see bench/train/*.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Compute on this device: cpu, cuda or cuda:N (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Also write the base model with the final adapter merged in, as a Hugging Face folder.
+    #[arg(long)]
+    merge_out: Option<PathBuf>,
+    /// Stop after this many optimizer steps in total (overrides the config's max_steps).
+    #[arg(long)]
+    max_steps: Option<u64>,
+}
+
+/// Adapter utilities.
+#[derive(Subcommand, Debug)]
+pub enum AdapterCommand {
+    /// Merge a PEFT LoRA adapter into its base model (a Hugging Face folder) and write the
+    /// result as a new Hugging Face folder.
+    Merge(MergeArgs),
+}
+
+/// `juris adapter merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Base model: a preset or a Hugging Face folder.
+    #[arg(long)]
+    model: String,
+    /// The adapter folder (adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Output folder (must not exist yet).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn cmd_train(cmd: TrainCommand, bar: &Bar) -> Result<()> {
+    match cmd {
+        TrainCommand::Retriever(a) => train_retriever(a, bar),
+    }
+}
+
+fn train_retriever(a: RetrieverArgs, bar: &Bar) -> Result<()> {
+    let mut cfg = juris_train::TrainConfig::load(&a.config)?;
+    if a.max_steps.is_some() {
+        cfg.train.max_steps = a.max_steps;
+    }
+    let opts = juris_train::TrainOptions {
+        device: crate::cli::parse_device(&a.device)?,
+        stop_after_steps: None,
+    };
+    let started = std::time::Instant::now();
+    let note = |s: &str| eprintln!("{s}");
+    let outcome = juris_train::train(&cfg, &opts, bar, &note)
+        .with_context(|| format!("training with {}", a.config.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    let show = |m: &Option<Vec<(String, f64)>>| {
+        m.as_ref().map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    if let Some(z) = show(&outcome.zero_shot) {
+        println!("dev before training: {z}");
+    }
+    if let Some(f) = show(&outcome.final_dev) {
+        println!("dev after training:  {f}");
+    }
+    let Some(adapter) = outcome.adapter else {
+        bail!("training stopped before the end; run the same command again to resume");
+    };
+    println!(
+        "{} steps in {secs:.0}s; adapter: {} (metrics: {}, plot: {})",
+        outcome.steps,
+        adapter.display(),
+        cfg.train.out.join("metrics.jsonl").display(),
+        cfg.train.out.join("metrics.svg").display()
+    );
+    if let Some(out) = &a.merge_out {
+        merge(&cfg.model.path, &adapter, out)?;
+    }
+    Ok(())
+}
+
+pub fn cmd_adapter(cmd: AdapterCommand) -> Result<()> {
+    match cmd {
+        AdapterCommand::Merge(a) => merge(&a.model, &a.adapter, &a.out),
+    }
+}
+
+fn merge(model: &str, adapter: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let base = juris_ml::presets::resolve_model(model)?;
+    if !base.is_dir() {
+        bail!(
+            "{}: merging writes a Hugging Face folder and needs one as the base; for other \
+             model files use the adapter directly (--adapter)",
+            base.display()
+        );
+    }
+    juris_ml::lora::merge_into_hf_dir(&base, adapter, out)?;
+    println!(
+        "wrote {} ({} merged into {})",
+        out.display(),
+        adapter.display(),
+        base.display()
+    );
+    Ok(())
+}
