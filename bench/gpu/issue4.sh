@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Issue 4 on the lent H100: two-phase LoRA fine-tuning (bench/train/gpu/<name>.toml) and the
+# evaluation of zero-shot, phase 1 and phase 1+2 adapters, dense alone and in the BM25
+# ensemble (fusion and α tuned on train), on dev: MRR@10, nDCG@10, Recall@10.
+# Expects bench/gpu/stage.sh to have run. Results: $OUT/issue4.jsonl, metrics logs, adapters.
+#   usage: bash bench/gpu/issue4.sh <name>...   (name: coliee_en_minilm, coliee_ja_e5, jordan_e5)
+set -uo pipefail
+S=/root/stage; J=$S/juris; D=$S/x/data
+export PYTHONUNBUFFERED=1
+for name in "$@"; do
+  case $name in
+    coliee_en_minilm) ds=coliee_statute_en; model=minilm; lang=en; an=en-snowball ;;
+    coliee_ja_e5) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
+    jordan_e5) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
+    *) echo "unknown run $name"; continue ;;
+  esac
+  t0=$(date +%s)
+  timeout "${TRAIN_TIMEOUT:-400}" "$J" -q train retriever --config "bench/train/gpu/$name.toml" --device cuda 2>&1 | tail -25
+  echo "$name: training took $(( $(date +%s) - t0 )) s"
+  run=/root/work/runs/$name
+  cp "$run/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null
+  cp "$run"/*.svg "$OUT/" 2>/dev/null
+  tar cf "$OUT/$name.adapters.tar" -C "$run" best-phase1 adapter 2>/dev/null
+  python3 -c "
+import json,sys
+judged={l.split('\t')[0] for l in open('$D/$ds/qrels/dev.tsv') if not l.startswith('query-id')}
+with open('/root/work/$ds.dev.jsonl','w') as f:
+    for l in open('$D/$ds/queries.jsonl'):
+        if json.loads(l)['_id'] in judged: f.write(l)
+"
+  for v in zero-shot phase1 phase1+2; do
+    idx=/root/work/eval/$name-$v; rm -rf "$idx"
+    "$J" -q index --corpus "$D/$ds/corpus.jsonl" --out "$idx" --lang $lang --analyzer-$lang $an
+    case $v in
+      zero-shot) "$J" -q embed --index "$idx" --model $model --max-len 256 --device cuda ;;
+      phase1) "$J" -q embed --index "$idx" --model $model --max-len 256 --device cuda --adapter "$run/best-phase1" ;;
+      phase1+2) "$J" -q embed --index "$idx" --model $model --max-len 256 --device cuda --adapter "$run/adapter" ;;
+    esac
+    store=$(ls "$idx/embeddings" | head -1)
+    "$J" -q tune --index "$idx" --queries "$D/$ds/queries.jsonl" --qrels "$D/$ds/qrels/train.tsv" --model "$store" --device cuda
+    for mode in bm25 dense hybrid; do
+      "$J" -q search --index "$idx" --queries "/root/work/$ds.dev.jsonl" --output "/root/work/$name-$v-$mode.trec" -k 100 --mode $mode --model "$store" --device cuda
+      m=$("$J" eval --run "/root/work/$name-$v-$mode.trec" --qrels "$D/$ds/qrels/dev.tsv" --metrics mrr@10,ndcg@10,recall@10 --json)
+      echo "{\"run\": \"$name\", \"variant\": \"$v\", \"mode\": \"$mode\", \"tuned\": $(cat "$idx/tuned.json"), \"eval\": $m}" | tee -a "$OUT/issue4.jsonl" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r['run'], r['variant'], r['mode'], {k: round(v, 4) for k, v in r['eval']['means'].items()})"
+    done
+  done
+done
