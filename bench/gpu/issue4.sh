@@ -3,7 +3,7 @@
 # evaluation of zero-shot, phase 1 and phase 1+2 adapters, dense alone and in the BM25
 # ensemble (fusion and α tuned on train), on dev: MRR@10, nDCG@10, Recall@10.
 # Expects bench/gpu/stage.sh to have run. Results: $OUT/issue4.jsonl, metrics logs, adapters.
-#   usage: bash bench/gpu/issue4.sh <name>...   (name: coliee_en_minilm, coliee_ja_e5, jordan_e5)
+#   usage: bash bench/gpu/issue4.sh <name>...   (name: coliee_en_minilm, coliee_en_e5, coliee_ja_e5, jordan_e5)
 set -uo pipefail
 S=/root/stage; J=$S/juris; D=$S/x/data
 export PYTHONUNBUFFERED=1
@@ -11,12 +11,19 @@ for name in "$@"; do
   case $name in
     coliee_en_minilm) ds=coliee_statute_en; model=minilm; lang=en; an=en-snowball ;;
     coliee_ja_e5) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
+    coliee_en_e5) ds=coliee_statute_en; model=e5-small; lang=en; an=en-snowball ;;
     jordan_e5) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
     *) echo "unknown run $name"; continue ;;
   esac
   t0=$(date +%s)
   timeout "${TRAIN_TIMEOUT:-400}" "$J" -q train retriever --config "bench/train/gpu/$name.toml" --device cuda 2>&1 | tail -25
-  echo "$name: training took $(( $(date +%s) - t0 )) s"
+  rc=${PIPESTATUS[0]}
+  echo "$name: training took $(( $(date +%s) - t0 )) s (exit $rc)"
+  # A run cut by the timeout resumes from its checkpoint when this script runs again (the
+  # next call on the still-warm machine); evaluate only finished runs.
+  # EVAL_UNFINISHED=1 evaluates what exists anyway (e.g. VARIANTS="zero-shot phase1" once
+  # phase 1's best adapter is written).
+  if [ "$rc" != 0 ] && [ -z "${EVAL_UNFINISHED:-}" ]; then echo "$name: not finished; run again to resume"; continue; fi
   run=/root/work/runs/$name
   cp "$run/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null
   cp "$run"/*.svg "$OUT/" 2>/dev/null
@@ -28,7 +35,7 @@ with open('/root/work/$ds.dev.jsonl','w') as f:
     for l in open('$D/$ds/queries.jsonl'):
         if json.loads(l)['_id'] in judged: f.write(l)
 "
-  for v in zero-shot phase1 phase1+2; do
+  for v in ${VARIANTS:-zero-shot phase1 phase1+2}; do
     idx=/root/work/eval/$name-$v; rm -rf "$idx"
     "$J" -q index --corpus "$D/$ds/corpus.jsonl" --out "$idx" --lang $lang --analyzer-$lang $an
     case $v in
