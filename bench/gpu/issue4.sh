@@ -3,7 +3,7 @@
 # evaluation of zero-shot, phase 1 and phase 1+2 adapters, dense alone and in the BM25
 # ensemble (fusion and α tuned on train), on dev: MRR@10, nDCG@10, Recall@10.
 # Expects bench/gpu/stage.sh to have run. Results: $OUT/issue4.jsonl, metrics logs, adapters.
-#   usage: bash bench/gpu/issue4.sh <name>...   (name: coliee_en_minilm, coliee_en_e5, coliee_ja_e5, jordan_e5)
+#   usage: bash bench/gpu/issue4.sh <name>...   (name: coliee_en_minilm, coliee_en_e5, coliee_ja_e5, coliee_ja_gemma, jordan_e5)
 set -uo pipefail
 S=/root/stage; J=$S/juris; D=$S/x/data
 export PYTHONUNBUFFERED=1
@@ -11,6 +11,7 @@ for name in "$@"; do
   case $name in
     coliee_en_minilm) ds=coliee_statute_en; model=minilm; lang=en; an=en-snowball ;;
     coliee_ja_e5) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
+    coliee_ja_gemma) ds=coliee_statute_ja; model=gemma3-270m; lang=ja; an=ja-bigram ;;
     coliee_en_e5) ds=coliee_statute_en; model=e5-small; lang=en; an=en-snowball ;;
     jordan_e5) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
     *) echo "unknown run $name"; continue ;;
