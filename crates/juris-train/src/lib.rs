@@ -18,6 +18,7 @@ pub mod loss;
 pub mod negatives;
 pub mod optim;
 pub mod report;
+pub mod retrieval_model;
 pub mod trainer;
 
 pub use config::{NegativeSource, PhaseConfig, TrainConfig};

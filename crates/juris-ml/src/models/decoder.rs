@@ -309,3 +309,39 @@ pub fn load_gguf_encoder_with(
         mode,
     )
 }
+
+/// [`load_gguf_encoder`] with the PEFT adapter in `adapter` merged into the f32 weights
+/// (a retriever trained by `juris train retriever`); the adapter's digest joins the
+/// fingerprint, so a store embedded without it (or with another) is not mistaken for this.
+pub fn load_gguf_encoder_with_adapter(
+    path: &Path,
+    opts: &EncoderOptions,
+    adapter: &Path,
+) -> Result<DecoderEncoder> {
+    let device = crate::nn::device_for(opts.device)?;
+    let g = GgufFile::open(path)?;
+    let model = crate::decoder_lora::load_decoder_with_adapter(
+        &g,
+        WeightMode::F32,
+        Some(adapter),
+        &device,
+    )?;
+    let tokenizer = GgufTokenizer::from_gguf(&g)?;
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lora = crate::lora::LoraAdapter::folder_digest(adapter)?;
+    let name = match g.string_opt("general.name")? {
+        Some(n) if !n.is_empty() => format!("{n} ({base} + LoRA, last-token pooling)"),
+        _ => format!("{base} + LoRA (last-token pooling)"),
+    };
+    DecoderEncoder::new(
+        name,
+        model,
+        tokenizer,
+        opts.max_len,
+        &format!("{} lora={lora}", file_digest(path)?),
+        WeightMode::F32,
+    )
+}
