@@ -23,11 +23,12 @@
 use std::io::BufRead;
 use std::path::Path;
 
+use juris_ml::gguf_tokenizer::GgufTokenizer;
 use juris_ml::{ChatMessage, ChatTemplate};
 use serde_json::Value;
 
 use crate::error::{io, Result, TrainError};
-use crate::sft_config::TemplateChoice;
+use crate::sft_config::{SftConfig, TemplateChoice};
 
 /// One conversation read from a chat file.
 #[derive(Debug, Clone, PartialEq)]
@@ -382,6 +383,79 @@ pub fn prepare(
     stats.target_tokens = sequences.iter().map(Example::target_count).sum();
     stats.max_tokens = sequences.iter().map(|e| e.ids.len()).max().unwrap_or(0);
     Ok((sequences, stats))
+}
+
+/// Token ids that close a turn for `tok`: EOS, the file's end-of-turn id (`eot`, from
+/// `tokenizer.ggml.eot_token_id`) and the [`END_OF_TURN_TOKENS`] it knows.
+pub fn end_ids(tok: &GgufTokenizer, eot: Option<u32>) -> Vec<u32> {
+    let mut ids: Vec<u32> = tok.eos_id().into_iter().chain(eot).collect();
+    ids.extend(END_OF_TURN_TOKENS.iter().filter_map(|t| tok.token_to_id(t)));
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The training and dev sets of a config, tokenized for a model.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The template used.
+    pub template: ChatTemplate,
+    /// Training sequences (packed when the config asks), in file order.
+    pub train: Vec<Example>,
+    /// Their counts.
+    pub train_stats: DataStats,
+    /// Dev sequences (never packed) and their counts.
+    pub dev: Option<(Vec<Example>, DataStats)>,
+}
+
+/// Reads and tokenizes `[data] train` and `dev` of `cfg` for a model with tokenizer `tok`,
+/// own template `own` and end-of-turn id `eot`. Fails when no training example fits.
+pub fn prepare_files(
+    cfg: &SftConfig,
+    tok: &GgufTokenizer,
+    own: Option<&ChatTemplate>,
+    eot: Option<u32>,
+) -> Result<Prepared> {
+    let bos = match tok.bos_id() {
+        Some(b) => tok.decode(&[b], false)?,
+        None => String::new(),
+    };
+    let template = select_template(cfg.data.template, own, &bos)?;
+    let ends = end_ids(tok, eot);
+    let tokenize = |s: &str| -> Result<Vec<u32>> { Ok(tok.encode(s, false)?) };
+    let max_len = cfg.model.max_len;
+    let train_convs = read_chat_jsonl(&cfg.data.train)?;
+    let (train, train_stats) = prepare(
+        &train_convs,
+        &template,
+        &tokenize,
+        &ends,
+        max_len,
+        cfg.data.packing,
+        &cfg.data.train,
+    )?;
+    if train.is_empty() {
+        return Err(TrainError::Data(format!(
+            "{}: no conversation fits [model] max_len = {max_len} tokens ({}); raise max_len",
+            cfg.data.train.display(),
+            train_stats.summary()
+        )));
+    }
+    let dev = match &cfg.data.dev {
+        Some(p) => {
+            let convs = read_chat_jsonl(p)?;
+            Some(prepare(
+                &convs, &template, &tokenize, &ends, max_len, false, p,
+            )?)
+        }
+        None => None,
+    };
+    Ok(Prepared {
+        template,
+        train,
+        train_stats,
+        dev,
+    })
 }
 
 /// Greedy packing in order: each example joins the current sequence while it fits.

@@ -13,6 +13,10 @@ pub enum TrainCommand {
     /// Contrastive LoRA fine-tuning of a BERT-family dense retriever (phases of BM25 and
     /// re-mined hard negatives); re-running the same command resumes from the checkpoint.
     Retriever(RetrieverArgs),
+    /// Write supervised fine-tuning data (chat JSONL) from a BEIR folder with answers, with
+    /// exactly the prompts eval-qa and ask send (Yes/No or cited answers over the gold
+    /// articles).
+    ChatData(crate::chat_data::ChatDataArgs),
 }
 
 /// `juris train retriever`.
@@ -57,6 +61,7 @@ pub struct MergeArgs {
 pub fn cmd_train(cmd: TrainCommand, bar: &Bar) -> Result<()> {
     match cmd {
         TrainCommand::Retriever(a) => train_retriever(a, bar),
+        TrainCommand::ChatData(a) => crate::chat_data::cmd_chat_data(a),
     }
 }
 
