@@ -15,7 +15,7 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use sha2::{Digest, Sha256};
 
-use super::decoder_layers::{DecoderDims, KvCache, WeightMode};
+use super::decoder_layers::{DecoderDims, KvCache, Projection, WeightMode};
 use crate::encoder::{Encoder, EncoderOptions, TextRole};
 use crate::error::{MlError, Result};
 use crate::gguf::GgufFile;
@@ -64,6 +64,16 @@ pub trait DecoderLm: Send + Sync + std::fmt::Debug {
     /// time gives the logits a full forward pass over the whole sequence gives. Fails
     /// (leaving `cache` unusable: clear it) when the sequence would exceed the context.
     fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor>;
+    /// The linear layers an adapter can target (each block's q/k/v/o and gate/up/down
+    /// projections, in block order), under their Hugging Face module paths. Empty for a
+    /// model that does not support adapters.
+    fn projections(&self) -> Vec<&Projection> {
+        Vec::new()
+    }
+    /// Mutable access to [`DecoderLm::projections`], to attach or merge adapters.
+    fn projections_mut(&mut self) -> Vec<&mut Projection> {
+        Vec::new()
+    }
 }
 
 /// Loads the decoder in `g`, choosing the architecture from `general.architecture`.
