@@ -24,6 +24,7 @@ pub mod loss;
 pub mod negatives;
 pub mod optim;
 pub mod report;
+pub mod sft;
 pub mod sft_config;
 pub mod trainer;
 
