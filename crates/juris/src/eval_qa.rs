@@ -273,7 +273,7 @@ pub fn cmd_eval_qa(a: EvalQaArgs, bar: &Bar) -> Result<()> {
     let qrels = Qrels::read(&a.qrels)?;
     let items = load_items(&a.queries, &a.qrels, &qrels, a.lang.as_deref(), a.limit)?;
     let opts = a.sampling.options()?;
-    let model = QaModel::load(&a.model, a.sampling.f32)?;
+    let model = QaModel::load(&a.model, &a.sampling, &a.retrieval.device)?;
     let budget = model.prompt_budget(&opts)?;
     let yn_budget = model.prompt_budget(&GenerateOptions {
         max_tokens: 1,

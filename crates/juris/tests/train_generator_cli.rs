@@ -38,7 +38,14 @@ fn chat_data_writes_eval_qa_and_ask_prompts() {
     let (dir, data) = beir();
     let yn = dir.path().join("out/yn.jsonl");
     let out = ok(&[
-        "train", "chat-data", "--data", s(&data), "--task", "yesno", "--out", s(&yn),
+        "train",
+        "chat-data",
+        "--data",
+        s(&data),
+        "--task",
+        "yesno",
+        "--out",
+        s(&yn),
     ]);
     assert!(out.contains("wrote 2 conversations"), "{out}");
     let rows = lines(&yn);
@@ -53,7 +60,14 @@ fn chat_data_writes_eval_qa_and_ask_prompts() {
 
     let ans = dir.path().join("ans.jsonl");
     ok(&[
-        "train", "chat-data", "--data", s(&data), "--task", "answer", "--out", s(&ans),
+        "train",
+        "chat-data",
+        "--data",
+        s(&data),
+        "--task",
+        "answer",
+        "--out",
+        s(&ans),
     ]);
     let rows = lines(&ans);
     assert_eq!(rows.len(), 2);
@@ -68,12 +82,26 @@ fn chat_data_bad_inputs_exit_2() {
     let (dir, data) = beir();
     let out = dir.path().join("x.jsonl");
     let e = fails(&[
-        "train", "chat-data", "--data", s(&dir.path().join("nope")), "--task", "yesno",
-        "--out", s(&out),
+        "train",
+        "chat-data",
+        "--data",
+        s(&dir.path().join("nope")),
+        "--task",
+        "yesno",
+        "--out",
+        s(&out),
     ]);
     assert!(e.contains("nope") && e.contains("BEIR folder"), "{e}");
     let e = fails(&[
-        "train", "chat-data", "--data", s(&data), "--split", "dev", "--task", "yesno", "--out",
+        "train",
+        "chat-data",
+        "--data",
+        s(&data),
+        "--split",
+        "dev",
+        "--task",
+        "yesno",
+        "--out",
         s(&out),
     ]);
     assert!(e.contains("dev.tsv"), "{e}");
@@ -84,9 +112,19 @@ fn chat_data_bad_inputs_exit_2() {
         .collect();
     std::fs::write(data.join("queries.jsonl"), text_only.join("\n")).unwrap();
     let e = fails(&[
-        "train", "chat-data", "--data", s(&data), "--task", "yesno", "--out", s(&out),
+        "train",
+        "chat-data",
+        "--data",
+        s(&data),
+        "--task",
+        "yesno",
+        "--out",
+        s(&out),
     ]);
-    assert!(e.contains("--task yesno") && e.contains("--task answer"), "{e}");
+    assert!(
+        e.contains("--task yesno") && e.contains("--task answer"),
+        "{e}"
+    );
     assert!(!out.exists());
 }
 
@@ -119,7 +157,11 @@ fn generator_config_and_data_errors_exit_2() {
     assert!(e.contains("none.gguf"), "{e}");
     let Some(model) = tiny() else { return };
     let chat = d.join("chat.jsonl");
-    std::fs::write(&chat, "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}\n").unwrap();
+    std::fs::write(
+        &chat,
+        "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}\n",
+    )
+    .unwrap();
     let cfg = write_config(
         d,
         &format!(
@@ -147,7 +189,14 @@ fn generator_trains_and_its_adapter_and_export_are_usable() {
     let d = dir.path();
     let chat = d.join("yn.jsonl");
     ok(&[
-        "train", "chat-data", "--data", s(&data), "--task", "yesno", "--out", s(&chat),
+        "train",
+        "chat-data",
+        "--data",
+        s(&data),
+        "--task",
+        "yesno",
+        "--out",
+        s(&chat),
     ]);
     let run = d.join("run");
     let cfg = write_config(
@@ -181,30 +230,72 @@ formats = ["q8_0"]
     let out = ok(&["train", "generator", "--config", s(&cfg), "--check-data"]);
     assert!(out.contains("train: 2 conversations: 2 kept"), "{out}");
     let out = ok(&["train", "generator", "--config", s(&cfg)]);
-    assert!(out.contains("2 steps") && out.contains("merged-q8_0.gguf"), "{out}");
+    assert!(
+        out.contains("2 steps") && out.contains("merged-q8_0.gguf"),
+        "{out}"
+    );
     assert!(out.contains("dev loss before training"), "{out}");
     for f in ["adapter", "best"] {
         assert!(run.join(f).join("adapter_model.safetensors").is_file());
     }
     let merged = run.join("merged-q8_0.gguf");
     assert!(merged.is_file());
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().filter(|l| l.contains("\"loss\":")).count(), 4);
+    // Two training steps (one per epoch of 2 conversations), dev losses before training,
+    // at the end of epoch 1 and at max_steps.
+    let records = lines(&run.join("metrics.jsonl"));
+    let train: Vec<u64> = records
+        .iter()
+        .filter(|r| r.get("loss").is_some())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    let dev: Vec<u64> = records
+        .iter()
+        .filter(|r| r.get("dev").is_some())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!((train, dev), (vec![1, 2], vec![0, 1, 2]));
 
     // The adapter and the merged model serve generate and eval-qa.
     let best = run.join("best");
     let text = ok(&[
-        "generate", "--model", s(&model), "--adapter", s(&best), "--raw", "--max-tokens",
-        "3", "--no-stats", "--device", "cpu", "hello",
+        "generate",
+        "--model",
+        s(&model),
+        "--adapter",
+        s(&best),
+        "--raw",
+        "--max-tokens",
+        "3",
+        "--no-stats",
+        "--device",
+        "cpu",
+        "hello",
     ]);
     assert!(!text.is_empty());
     let idx = d.join("idx");
-    ok(&["index", "--corpus", s(&data.join("corpus.jsonl")), "--out", s(&idx)]);
+    ok(&[
+        "index",
+        "--corpus",
+        s(&data.join("corpus.jsonl")),
+        "--out",
+        s(&idx),
+    ]);
+    let (queries, qrels) = (data.join("queries.jsonl"), data.join("qrels.tsv"));
     for (m, adapter) in [(s(&model), Some(s(&best))), (s(&merged), None)] {
         let mut args = vec![
-            "eval-qa", "--index", s(&idx), "--queries", s(&data.join("queries.jsonl")),
-            "--qrels", s(&data.join("qrels.tsv")), "--model", m, "--limit", "2",
-            "--max-tokens", "8",
+            "eval-qa",
+            "--index",
+            s(&idx),
+            "--queries",
+            s(&queries),
+            "--qrels",
+            s(&qrels),
+            "--model",
+            m,
+            "--limit",
+            "2",
+            "--max-tokens",
+            "8",
         ];
         if let Some(a) = adapter {
             args.extend(["--adapter", a]);
@@ -213,7 +304,13 @@ formats = ["q8_0"]
         assert!(table.contains("yes/no accuracy"), "{table}");
     }
     let e = fails(&[
-        "generate", "--model", s(&model), "--adapter", s(&d.join("no-adapter")), "--raw", "hi",
+        "generate",
+        "--model",
+        s(&model),
+        "--adapter",
+        s(&d.join("no-adapter")),
+        "--raw",
+        "hi",
     ]);
     assert!(e.contains("no-adapter"), "{e}");
 }
