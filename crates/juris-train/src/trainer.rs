@@ -69,7 +69,7 @@ fn dev_metrics() -> Vec<Metric> {
 
 /// Mixes numbers into a seed (SplitMix64 of a running hash), so that each use of randomness
 /// has its own independent, position-keyed generator.
-fn mix(parts: &[u64]) -> u64 {
+pub(crate) fn mix(parts: &[u64]) -> u64 {
     let mut h = 0x5851_f42d_4c95_7f2du64;
     for &p in parts {
         h = SplitMix64(h ^ p).next_u64();
