@@ -21,10 +21,11 @@ use std::time::Instant;
 use candle_core::Device;
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::decoder_lora::load_decoder_with_adapter;
 use crate::error::{MlError, Result};
 use crate::gguf::GgufFile;
 use crate::gguf_tokenizer::GgufTokenizer;
-use crate::models::decoder::{load_decoder, DecoderLm};
+use crate::models::decoder::DecoderLm;
 use crate::models::decoder_layers::WeightMode;
 
 /// How to pick tokens and when to stop.
@@ -290,8 +291,21 @@ const END_TOKENS: &[&str] = &[
 impl GgufGenerator {
     /// Loads `path` with weights in `mode` (quantized is the fast choice on CPU).
     pub fn load(path: &Path, mode: WeightMode, device: &Device) -> Result<GgufGenerator> {
+        GgufGenerator::load_with_adapter(path, mode, None, device)
+    }
+
+    /// Loads `path` with weights in `mode` and, when given, the PEFT LoRA adapter in the
+    /// folder `adapter` (merged into the weights for [`WeightMode::F32`], applied on top of
+    /// the quantized ones for [`WeightMode::Quantized`]; see
+    /// [`crate::decoder_lora::load_decoder_with_adapter`]).
+    pub fn load_with_adapter(
+        path: &Path,
+        mode: WeightMode,
+        adapter: Option<&Path>,
+        device: &Device,
+    ) -> Result<GgufGenerator> {
         let g = GgufFile::open(path)?;
-        let model = load_decoder(&g, mode, device)?;
+        let model = load_decoder_with_adapter(&g, mode, adapter, device)?;
         let tokenizer = GgufTokenizer::from_gguf(&g)?;
         if tokenizer.vocab_size() > model.vocab_size() {
             return Err(MlError::Mismatch(format!(
@@ -318,6 +332,10 @@ impl GgufGenerator {
         let name = match g.string_opt("general.name")? {
             Some(n) if !n.is_empty() => format!("{n} ({base})"),
             _ => base,
+        };
+        let name = match adapter {
+            Some(a) => format!("{name} + LoRA {}", a.display()),
+            None => name,
         };
         Ok(GgufGenerator {
             name,

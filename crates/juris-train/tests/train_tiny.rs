@@ -201,3 +201,89 @@ fn resume_with_another_config_is_refused() {
         .to_string();
     assert!(e.contains("different config"), "{e}");
 }
+
+/// The fetched tiny GGUF decoder (`scripts/fetch-models.sh tinycoder`), if present.
+fn tiny_gguf() -> Option<std::path::PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tinycoder/tiny.gguf");
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipping: {} is absent (scripts/fetch-models.sh tinycoder)",
+            p.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn decoder_retriever_trains_and_embeds_as_search_does() {
+    let Some(gguf) = tiny_gguf() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let out = tmp.path().join("run");
+    let mut cfg = config(&data, &out, 6, false);
+    cfg.model.path = gguf.display().to_string();
+    cfg.lora.target_modules = juris_ml::DECODER_LORA_TARGETS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let o = juris_train::train(&cfg, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
+    assert!(o.finished);
+    assert_eq!(o.steps, 18);
+    let l = losses(&out);
+    let first: f64 = l[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(
+        last < 0.8 * first,
+        "loss did not fall: {first:.4} -> {last:.4} ({l:?})"
+    );
+    let adapter = out.join("adapter");
+    let cfg_json = std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap();
+    assert!(cfg_json.contains("q_proj"), "{cfg_json}");
+    // `juris embed --adapter` (merged f32 weights) embeds as the training path does.
+    let opts = juris_ml::EncoderOptions {
+        max_len: 32,
+        ..Default::default()
+    };
+    let enc =
+        juris_ml::load_encoder_with_adapter(&gguf.display().to_string(), &opts, Some(&adapter))
+            .unwrap();
+    let base = juris_ml::load_encoder(&gguf.display().to_string(), &opts).unwrap();
+    assert_ne!(enc.fingerprint(), base.fingerprint());
+    let trained = juris_train::retrieval_model::DecoderRetrieval::from_adapter(
+        &gguf,
+        &adapter,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    use juris_train::retrieval_model::RetrievalModel;
+    let texts = [
+        "abc de fgh",
+        "a much longer text with several words in it",
+        "x",
+    ];
+    for role in [juris_ml::TextRole::Query, juris_ml::TextRole::Passage] {
+        let a = enc.encode(&texts, role).unwrap();
+        let b: Vec<f32> = trained
+            .embed_train(&texts, role, 32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base_v = base.encode(&texts, role).unwrap();
+        let d = enc.dim();
+        for i in 0..texts.len() {
+            let dot = |x: &[f32], y: &[f32]| -> f32 { x.iter().zip(y).map(|(p, q)| p * q).sum() };
+            let (x, y, z) = (
+                &a[i * d..(i + 1) * d],
+                &b[i * d..(i + 1) * d],
+                &base_v[i * d..(i + 1) * d],
+            );
+            assert!(dot(x, y) > 0.9999, "text {i}: cos {}", dot(x, y));
+            assert!(dot(x, z) < 0.9999, "text {i}: the adapter changed nothing");
+        }
+    }
+}

@@ -66,7 +66,7 @@ pub struct RetrievalArgs {
     /// Embedding store for dense/hybrid retrieval (default: the tuned one, or the only one).
     #[arg(long)]
     pub embeddings: Option<String>,
-    /// Device for the query encoder: cpu, cuda or cuda:N.
+    /// Device for the query encoder and the generator: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -419,10 +419,15 @@ pub struct QaModel {
 }
 
 impl QaModel {
-    /// Loads `spec` (preset or GGUF path).
-    pub fn load(spec: &str, f32: bool) -> Result<QaModel> {
+    /// Loads `spec` (preset or GGUF path) with the weight mode and adapter of `s`, on the
+    /// device named by `device`.
+    pub fn load(
+        spec: &str,
+        s: &crate::generate_cmd::SamplingArgs,
+        device: &str,
+    ) -> Result<QaModel> {
         Ok(QaModel {
-            gen: crate::generate_cmd::load(spec, f32)?,
+            gen: crate::generate_cmd::load(spec, s, crate::cli::parse_device(device)?)?,
         })
     }
 
@@ -593,7 +598,7 @@ pub fn cmd_ask(a: AskArgs) -> Result<()> {
     }
     let lang = answer_lang(question, a.lang.as_deref())?;
     let opts = a.sampling.options()?;
-    let model = QaModel::load(&a.model, a.sampling.f32)?;
+    let model = QaModel::load(&a.model, &a.sampling, &a.retrieval.device)?;
     let budget = model.prompt_budget(&opts)?;
     // A question too long for the context is refused before any work, found or not.
     let system = system_message();

@@ -68,7 +68,8 @@ enum Command {
     /// ROUGE-L and token F1, citation hits and retrieval recall.
     EvalQa(crate::eval_qa::EvalQaArgs),
     /// Fine-tune a model: `juris train retriever --config <file.toml>` (LoRA, contrastive,
-    /// two phases of negatives; re-run to resume).
+    /// two phases of negatives), `juris train generator --config <file.toml>` (QLoRA SFT of
+    /// a GGUF decoder on chat data from `juris train chat-data`); re-run to resume.
     #[command(subcommand)]
     Train(crate::train_cmd::TrainCommand),
     /// LoRA adapter tools: `juris adapter merge` writes base + adapter as one model folder.

@@ -79,7 +79,7 @@ pub struct EvalQaArgs {
 
 /// A query's expected answer.
 #[derive(Debug, Clone, PartialEq)]
-enum Expected {
+pub(crate) enum Expected {
     /// Entailed (true) or not.
     YesNo(bool),
     /// A reference answer text.
@@ -87,12 +87,13 @@ enum Expected {
 }
 
 /// One evaluated query.
-struct Item {
-    id: String,
-    text: String,
-    lang: Option<Lang>,
-    expected: Expected,
-    gold: Vec<String>,
+pub(crate) struct Item {
+    pub(crate) id: String,
+    pub(crate) text: String,
+    pub(crate) lang: Option<Lang>,
+    pub(crate) expected: Expected,
+    /// Relevant document ids (grade > 0), in qrels order.
+    pub(crate) gold: Vec<String>,
 }
 
 /// Reads the `answer` of every JSONL record in `path` (id → answer); records without one
@@ -125,7 +126,7 @@ fn read_answers(path: &Path) -> Result<HashMap<String, String>> {
     Ok(out)
 }
 
-fn expected_of(answer: &str) -> Expected {
+pub(crate) fn expected_of(answer: &str) -> Expected {
     match answer {
         "Y" | "y" | "Yes" | "yes" => Expected::YesNo(true),
         "N" | "n" | "No" | "no" => Expected::YesNo(false),
@@ -133,18 +134,27 @@ fn expected_of(answer: &str) -> Expected {
     }
 }
 
-/// The judged queries of `qrels` that carry an answer, in file order.
-fn load_items(a: &EvalQaArgs, qrels: &Qrels) -> Result<Vec<Item>> {
-    let queries = read_queries(&a.queries)?;
-    let answers = read_answers(&a.queries)?;
+/// The judged queries of `qrels` (read from `qrels_path`) that carry an answer in
+/// `queries_path`, in file order, the first `limit` of them; `lang` overrides each query's
+/// language. Shared with `juris train chat-data`, so that training data and evaluation see
+/// the same questions the same way.
+pub(crate) fn load_items(
+    queries_path: &Path,
+    qrels_path: &Path,
+    qrels: &Qrels,
+    lang: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Vec<Item>> {
+    let queries = read_queries(queries_path)?;
+    let answers = read_answers(queries_path)?;
     if answers.is_empty() {
         bail!(
             "{}: no query has an `answer` field; eval-qa needs answers (Y/N, or a reference \
              text) as in coliee_statute_*, jordan_law_qa_ar and najiz_faq_ar",
-            a.queries.display()
+            queries_path.display()
         );
     }
-    let override_lang = a.lang.as_deref().map(Lang::parse).transpose()?;
+    let override_lang = lang.map(Lang::parse).transpose()?;
     let mut items = Vec::new();
     let mut judged = 0usize;
     for q in queries {
@@ -175,12 +185,12 @@ fn load_items(a: &EvalQaArgs, qrels: &Qrels) -> Result<Vec<Item>> {
         bail!(
             "none of the {judged} queries judged in {} has an `answer` in {} ({} answers there); \
              check that the queries and qrels belong to the same dataset",
-            a.qrels.display(),
-            a.queries.display(),
+            qrels_path.display(),
+            queries_path.display(),
             answers.len()
         );
     }
-    if let Some(n) = a.limit {
+    if let Some(n) = limit {
         items.truncate(n);
     }
     Ok(items)
@@ -261,9 +271,9 @@ pub fn cmd_eval_qa(a: EvalQaArgs, bar: &Bar) -> Result<()> {
         bail!("-k must be at least 1");
     }
     let qrels = Qrels::read(&a.qrels)?;
-    let items = load_items(&a, &qrels)?;
+    let items = load_items(&a.queries, &a.qrels, &qrels, a.lang.as_deref(), a.limit)?;
     let opts = a.sampling.options()?;
-    let model = QaModel::load(&a.model, a.sampling.f32)?;
+    let model = QaModel::load(&a.model, &a.sampling, &a.retrieval.device)?;
     let budget = model.prompt_budget(&opts)?;
     let yn_budget = model.prompt_budget(&GenerateOptions {
         max_tokens: 1,

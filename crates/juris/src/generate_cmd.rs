@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use juris_ml::models::decoder_layers::WeightMode;
-use juris_ml::{ChatMessage, GenerateOptions, Generation, Generator, GgufGenerator};
+use juris_ml::{ChatMessage, DeviceChoice, GenerateOptions, Generation, Generator, GgufGenerator};
 
 /// Sampling and stopping flags shared by `generate` and `chat`.
 #[derive(Args, Debug, Clone)]
@@ -42,6 +42,11 @@ pub struct SamplingArgs {
     /// file's quantized weights.
     #[arg(long)]
     pub f32: bool,
+    /// A LoRA adapter folder (PEFT format, e.g. `best/` of `juris train generator`) applied
+    /// to the model: merged into the weights with --f32, applied on top of the quantized
+    /// weights otherwise.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Do not print token counts and speeds to stderr.
     #[arg(long)]
     pub no_stats: bool,
@@ -85,6 +90,9 @@ pub struct GenerateArgs {
     /// Continue the prompt as written, without the chat template.
     #[arg(long)]
     pub raw: bool,
+    /// Compute on this device: cpu, or cuda / cuda:N (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -98,11 +106,16 @@ pub struct ChatArgs {
     /// System message that opens the conversation.
     #[arg(long)]
     pub system: Option<String>,
+    /// Compute on this device: cpu, or cuda / cuda:N (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
-pub(crate) fn load(model: &str, f32: bool) -> Result<GgufGenerator> {
+/// Loads the generator `model` (preset or GGUF path) with the weight mode and adapter of
+/// `s`, on `device`.
+pub(crate) fn load(model: &str, s: &SamplingArgs, device: DeviceChoice) -> Result<GgufGenerator> {
     let path: PathBuf = juris_ml::presets::resolve_model(model)?;
     if !path.is_file() {
         bail!(
@@ -110,12 +123,32 @@ pub(crate) fn load(model: &str, f32: bool) -> Result<GgufGenerator> {
             path.display()
         );
     }
-    let mode = if f32 {
+    if let Some(a) = &s.adapter {
+        if !a.is_dir() {
+            bail!(
+                "{}: no such adapter folder; --adapter takes a PEFT folder \
+                 (adapter_config.json, adapter_model.safetensors), e.g. <out>/best of juris \
+                 train generator",
+                a.display()
+            );
+        }
+    }
+    let mode = if s.f32 {
         WeightMode::F32
     } else {
         WeightMode::Quantized
     };
-    GgufGenerator::load_cpu(&path, mode).with_context(|| format!("loading {}", path.display()))
+    let dev = juris_ml::nn::device_for(device)?;
+    GgufGenerator::load_with_adapter(&path, mode, s.adapter.as_deref(), &dev).with_context(|| {
+        match &s.adapter {
+            Some(a) => format!(
+                "loading {} with the adapter {}",
+                path.display(),
+                a.display()
+            ),
+            None => format!("loading {}", path.display()),
+        }
+    })
 }
 
 /// Prints each piece as it comes (flushing, so a terminal sees tokens one by one); a closed
@@ -148,7 +181,7 @@ pub(crate) fn print_stats(g: &Generation, quiet: bool) {
 /// Runs `juris generate`.
 pub fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let opts = a.sampling.options()?;
-    let gen = load(&a.model, a.sampling.f32)?;
+    let gen = load(&a.model, &a.sampling, crate::cli::parse_device(&a.device)?)?;
     let mut print = printer();
     let out = if a.raw {
         if a.system.is_some() {
@@ -172,7 +205,7 @@ pub fn cmd_generate(a: GenerateArgs) -> Result<()> {
 /// conversation, end of input ends.
 pub fn cmd_chat(a: ChatArgs) -> Result<()> {
     let opts = a.sampling.options()?;
-    let gen = load(&a.model, a.sampling.f32)?;
+    let gen = load(&a.model, &a.sampling, crate::cli::parse_device(&a.device)?)?;
     let start: Vec<ChatMessage> = a
         .system
         .iter()

@@ -6,6 +6,7 @@
 //! search for `search`, `tune` and the benchmarks.
 
 mod ask;
+mod chat_data;
 mod cli;
 mod demo;
 mod embed;

@@ -15,7 +15,7 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use sha2::{Digest, Sha256};
 
-use super::decoder_layers::{DecoderDims, KvCache, WeightMode};
+use super::decoder_layers::{DecoderDims, KvCache, Projection, WeightMode};
 use crate::encoder::{Encoder, EncoderOptions, TextRole};
 use crate::error::{MlError, Result};
 use crate::gguf::GgufFile;
@@ -64,6 +64,16 @@ pub trait DecoderLm: Send + Sync + std::fmt::Debug {
     /// time gives the logits a full forward pass over the whole sequence gives. Fails
     /// (leaving `cache` unusable: clear it) when the sequence would exceed the context.
     fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor>;
+    /// The linear layers an adapter can target (each block's q/k/v/o and gate/up/down
+    /// projections, in block order), under their Hugging Face module paths. Empty for a
+    /// model that does not support adapters.
+    fn projections(&self) -> Vec<&Projection> {
+        Vec::new()
+    }
+    /// Mutable access to [`DecoderLm::projections`], to attach or merge adapters.
+    fn projections_mut(&mut self) -> Vec<&mut Projection> {
+        Vec::new()
+    }
 }
 
 /// Loads the decoder in `g`, choosing the architecture from `general.architecture`.
@@ -297,5 +307,41 @@ pub fn load_gguf_encoder_with(
         opts.max_len,
         &file_digest(path)?,
         mode,
+    )
+}
+
+/// [`load_gguf_encoder`] with the PEFT adapter in `adapter` merged into the f32 weights
+/// (a retriever trained by `juris train retriever`); the adapter's digest joins the
+/// fingerprint, so a store embedded without it (or with another) is not mistaken for this.
+pub fn load_gguf_encoder_with_adapter(
+    path: &Path,
+    opts: &EncoderOptions,
+    adapter: &Path,
+) -> Result<DecoderEncoder> {
+    let device = crate::nn::device_for(opts.device)?;
+    let g = GgufFile::open(path)?;
+    let model = crate::decoder_lora::load_decoder_with_adapter(
+        &g,
+        WeightMode::F32,
+        Some(adapter),
+        &device,
+    )?;
+    let tokenizer = GgufTokenizer::from_gguf(&g)?;
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lora = crate::lora::LoraAdapter::folder_digest(adapter)?;
+    let name = match g.string_opt("general.name")? {
+        Some(n) if !n.is_empty() => format!("{n} ({base} + LoRA, last-token pooling)"),
+        _ => format!("{base} + LoRA (last-token pooling)"),
+    };
+    DecoderEncoder::new(
+        name,
+        model,
+        tokenizer,
+        opts.max_len,
+        &format!("{} lora={lora}", file_digest(path)?),
+        WeightMode::F32,
     )
 }

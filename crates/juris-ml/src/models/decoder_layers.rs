@@ -1,8 +1,14 @@
 //! Building blocks shared by the decoder architectures ([`super::llama`], [`super::gemma3`],
 //! [`super::qwen`]): a linear layer that holds either a dense f32 weight or a quantized
-//! [`QMatMul`] (so LoRA can wrap either later), the token embedding, RMSNorm, rotary
+//! [`QMatMul`], the block projections ([`Projection`]: such a layer under its Hugging Face
+//! module path, with an optional LoRA adapter on top), the token embedding, RMSNorm, rotary
 //! position tables computed per row from the attention mask, the additive causal + padding
 //! (+ sliding window) mask, and grouped-query attention.
+//!
+//! Training (LoRA, QLoRA): every op of the full-sequence path has a backward in candle when
+//! its input is part of a graph ([`Tensor::track_op`]); where candle's fast kernel has none
+//! (quantized matmul, rotary embedding, last-dim softmax) a differentiable form is used for
+//! tracked inputs only, so inference keeps the fast kernels.
 //!
 //! Positions come from the mask (`cumsum(mask) - 1`), so left- and right-padded batches both
 //! give every real token the position it would have alone.
@@ -17,8 +23,10 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
+use super::qmatmul_grad::QMatMulGrad;
 use crate::error::{MlError, Result};
 use crate::gguf::GgufFile;
+use crate::lora::LoraTrain;
 
 /// How matrix weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,12 +115,274 @@ impl DecoderLinear {
                 };
                 (x.matmul(&w)?, bias)
             }
-            DecoderLinear::Quantized { weight, bias } => (weight.forward(x)?, bias),
+            DecoderLinear::Quantized { weight, bias } => match weight {
+                // A graph reaches this layer (LoRA below it or in it): candle's quantized
+                // op has no backward, ours does.
+                QMatMul::QTensor(q) if x.track_op() => {
+                    (QMatMulGrad::new(q.clone()).forward(x)?, bias)
+                }
+                _ => (weight.forward(x)?, bias),
+            },
         };
         Ok(match bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+/// The Hugging Face module path (`model.layers.{i}.self_attn.q_proj`, ...) of the GGUF
+/// linear layer `blk.{i}.attn_q` (...), for the seven block projections and the output head
+/// (`lm_head`); `None` for any other name.
+pub fn hf_module_path(gguf_name: &str) -> Option<String> {
+    if gguf_name == "output" {
+        return Some("lm_head".into());
+    }
+    let rest = gguf_name.strip_prefix("blk.")?;
+    let (i, part) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let module = match part {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{i}.{module}"))
+}
+
+/// The GGUF tensor name (`blk.{i}.attn_q`, without `.weight`) of a Hugging Face module path;
+/// the inverse of [`hf_module_path`].
+pub fn gguf_tensor_name(hf_path: &str) -> Option<String> {
+    if hf_path == "lm_head" {
+        return Some("output".into());
+    }
+    let rest = hf_path.strip_prefix("model.layers.")?;
+    let (i, module) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let part = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{i}.{part}"))
+}
+
+/// Row order of a q or k projection in a GGUF `llama` file relative to Hugging Face:
+/// llama.cpp's converter permutes each head's rows from rotate-half pairs `(j, j + d/2)` to
+/// adjacent pairs `(2j, 2j + 1)`, so GGUF row `h·d + 2j + s` is Hugging Face row
+/// `h·d + s·d/2 + j`. Entry `g` of the result is the Hugging Face row stored at GGUF row `g`
+/// (an index for `index_select` that turns Hugging Face rows into GGUF rows).
+pub fn llama_qk_rows(heads: usize, head_dim: usize) -> Vec<u32> {
+    let half = head_dim / 2;
+    let mut rows = Vec::with_capacity(heads * head_dim);
+    for h in 0..heads {
+        for j in 0..half {
+            for s in 0..2 {
+                rows.push((h * head_dim + s * half + j) as u32);
+            }
+        }
+    }
+    rows
+}
+
+/// A LoRA adapter on one [`Projection`].
+#[derive(Clone)]
+enum ProjectionAdapter {
+    /// The trainable adapter shared by the whole model (its `A`/`B` are `Var`s), in the
+    /// Hugging Face row order; `rows` maps it onto this layer's stored row order.
+    Train {
+        lora: Arc<LoraTrain>,
+        rows: Option<Tensor>,
+    },
+    /// A fixed adapter for inference on a quantized base: `x Aᵀ Bᵀ` with the scale and the
+    /// row order already folded into `b`; plain tensors, so no graph is recorded.
+    Frozen { a: Tensor, b: Tensor },
+}
+
+impl std::fmt::Debug for ProjectionAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProjectionAdapter::Train { rows, .. } => f
+                .debug_struct("Train")
+                .field("permuted_rows", &rows.is_some())
+                .finish(),
+            ProjectionAdapter::Frozen { a, .. } => f
+                .debug_struct("Frozen")
+                .field("rank", &a.dim(0).ok())
+                .finish(),
+        }
+    }
+}
+
+/// One linear layer of a decoder block under its Hugging Face module path
+/// (`model.layers.{i}.self_attn.q_proj`, ...), the name LoRA adapters use, with an optional
+/// adapter added to its output. Without an adapter it is exactly its [`DecoderLinear`].
+#[derive(Debug, Clone)]
+pub struct Projection {
+    base: DecoderLinear,
+    path: String,
+    out_in: [usize; 2],
+    /// Hugging Face row of each stored row (see [`llama_qk_rows`]); `None` when the file
+    /// keeps Hugging Face's order.
+    hf_rows: Option<Vec<u32>>,
+    adapter: Option<ProjectionAdapter>,
+}
+
+impl Projection {
+    /// Loads GGUF layer `name` (`blk.{i}.attn_q`, ...) of shape `[out, in]`, with a bias
+    /// when `bias` (required then) or when the file has one.
+    pub fn load(
+        g: &GgufFile,
+        name: &str,
+        out_in: [usize; 2],
+        bias: bool,
+        mode: WeightMode,
+        device: &Device,
+    ) -> Result<Projection> {
+        let base = if bias {
+            DecoderLinear::load_with_bias(g, name, out_in, mode, device)?
+        } else {
+            DecoderLinear::load(g, name, out_in, mode, device)?
+        };
+        let path = hf_module_path(name).unwrap_or_else(|| name.to_string());
+        Ok(Projection {
+            base,
+            path,
+            out_in,
+            hf_rows: None,
+            adapter: None,
+        })
+    }
+
+    /// The Hugging Face module path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// `[out, in]`.
+    pub fn out_in(&self) -> [usize; 2] {
+        self.out_in
+    }
+
+    /// The base layer.
+    pub fn base(&self) -> &DecoderLinear {
+        &self.base
+    }
+
+    /// The stored row order relative to Hugging Face's (see [`llama_qk_rows`]).
+    pub fn hf_rows(&self) -> Option<&[u32]> {
+        self.hf_rows.as_deref()
+    }
+
+    /// Records that the stored rows are in the order `rows` (see [`llama_qk_rows`]).
+    pub fn set_hf_rows(&mut self, rows: Vec<u32>) {
+        self.hf_rows = Some(rows);
+    }
+
+    /// Whether an adapter is attached.
+    pub fn has_adapter(&self) -> bool {
+        self.adapter.is_some()
+    }
+
+    fn rows_tensor(&self, device: &Device) -> Result<Option<Tensor>> {
+        Ok(match &self.hf_rows {
+            Some(r) => Some(Tensor::from_slice(r, r.len(), device)?),
+            None => None,
+        })
+    }
+
+    /// Attaches the trainable adapter `lora` (used when it has an entry for this path),
+    /// or detaches any adapter with `None`.
+    pub fn set_lora(&mut self, lora: Option<Arc<LoraTrain>>) -> Result<()> {
+        self.adapter = match lora {
+            Some(l) if l.vars.contains_key(&self.path) => Some(ProjectionAdapter::Train {
+                rows: self.rows_tensor(&self.device())?,
+                lora: l,
+            }),
+            _ => None,
+        };
+        Ok(())
+    }
+
+    /// Attaches a fixed adapter (`a` `[r, in]`, `b` `[out, r]`, Hugging Face row order) with
+    /// factor `scale`, applied on top of the base output at every forward.
+    pub fn set_frozen(&mut self, a: &Tensor, b: &Tensor, scale: f64) -> Result<()> {
+        let dev = self.device();
+        let mut b = (b.to_device(&dev)?.to_dtype(DType::F32)? * scale)?;
+        if let Some(r) = self.rows_tensor(&dev)? {
+            b = b.index_select(&r, 0)?;
+        }
+        self.adapter = Some(ProjectionAdapter::Frozen {
+            a: a.to_device(&dev)?.to_dtype(DType::F32)?.contiguous()?,
+            b: b.contiguous()?,
+        });
+        Ok(())
+    }
+
+    /// Adds `delta` (`[out, in]`, Hugging Face row order) to a dense weight; fails on a
+    /// quantized one (merging would need re-quantization: attach it with
+    /// [`Projection::set_frozen`] instead).
+    pub fn merge(&mut self, delta: &Tensor) -> Result<()> {
+        let dev = self.device();
+        let mut delta = delta.to_device(&dev)?.to_dtype(DType::F32)?;
+        if let Some(r) = self.rows_tensor(&dev)? {
+            delta = delta.index_select(&r, 0)?;
+        }
+        match &mut self.base {
+            DecoderLinear::Dense { weight, .. } => {
+                if delta.dims() != weight.dims() {
+                    return Err(MlError::Mismatch(format!(
+                        "adapter module '{}' gives {:?}, the weight is {:?}",
+                        self.path,
+                        delta.dims(),
+                        weight.dims()
+                    )));
+                }
+                *weight = (&*weight + delta)?;
+                Ok(())
+            }
+            DecoderLinear::Quantized { .. } => Err(MlError::Unsupported(format!(
+                "'{}' is quantized; an adapter can be merged only into dense (f32) weights",
+                self.path
+            ))),
+        }
+    }
+
+    fn device(&self) -> Device {
+        match &self.base {
+            DecoderLinear::Dense { weight, .. } => weight.device().clone(),
+            DecoderLinear::Quantized { weight, .. } => match weight {
+                QMatMul::QTensor(q) => q.device(),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.device().clone(),
+            },
+        }
+    }
+
+    /// `x Wᵀ (+ b)` plus the adapter's update, for `x` `[.., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        match &self.adapter {
+            None => Ok(y),
+            Some(ProjectionAdapter::Train { lora, rows }) => {
+                lora.apply_rows(&self.path, x, y, rows.as_ref())
+            }
+            Some(ProjectionAdapter::Frozen { a, b }) => {
+                let inp = self.out_in[1];
+                let rows = x.elem_count() / inp.max(1);
+                let low = x.reshape((rows, inp))?.matmul(&a.t()?)?.matmul(&b.t()?)?;
+                let low = low.reshape(y.shape())?;
+                Ok((y + low)?)
+            }
+        }
     }
 }
 
@@ -287,7 +557,10 @@ impl Rope {
             (x.clone(), None)
         };
         let head = head.contiguous()?;
-        let rotated = if self.interleaved {
+        let rotated = if x.track_op() {
+            // candle's rotary kernels have no backward; this composition does.
+            rotate_differentiable(&head, &cos, &sin, self.interleaved)?
+        } else if self.interleaved {
             candle_nn::rotary_emb::rope_i(&head, &cos, &sin)?
         } else {
             candle_nn::rotary_emb::rope(&head, &cos, &sin)?
@@ -297,6 +570,47 @@ impl Rope {
             None => rotated,
         })
     }
+}
+
+/// The rotation of `x` `[b, h, s, d]` by angles with `cos`/`sin` `[b, s, d/2]`, built from
+/// ops that all have a backward (same numbers as candle's `rope` / `rope_i` kernels).
+/// `interleaved`: pairs `(2j, 2j+1)`; otherwise rotate-half pairs `(j, j + d/2)`.
+pub fn rotate_differentiable(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    interleaved: bool,
+) -> Result<Tensor> {
+    let (b, h, s, d) = x.dims4()?;
+    let half = d / 2;
+    if interleaved {
+        let cos = cos.reshape((b, 1, s, half, 1))?;
+        let sin = sin.reshape((b, 1, s, half, 1))?;
+        let x = x.reshape((b, h, s, half, 2))?;
+        let x0 = x.narrow(D::Minus1, 0, 1)?;
+        let x1 = x.narrow(D::Minus1, 1, 1)?;
+        let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+        let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+        Ok(Tensor::cat(&[&r0, &r1], D::Minus1)?.reshape((b, h, s, d))?)
+    } else {
+        let cos = cos.reshape((b, 1, s, half))?;
+        let sin = sin.reshape((b, 1, s, half))?;
+        let x0 = x.narrow(D::Minus1, 0, half)?;
+        let x1 = x.narrow(D::Minus1, half, half)?;
+        let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+        let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+        Ok(Tensor::cat(&[&r0, &r1], D::Minus1)?)
+    }
+}
+
+/// Softmax over the last dimension: candle's fused kernel for inference, the composed form
+/// (which has a backward) when `x` is part of a graph.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(x)?
+    })
 }
 
 /// Positions and masks for one padded batch, computed once and shared by all layers.
@@ -370,7 +684,7 @@ pub fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
 /// `softmax(q k^T * scale + bias) v`, on `[b, heads, s, d]` inputs.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: &Tensor) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = softmax_last_dim(&scores)?;
     Ok(probs.matmul(v)?)
 }
 
@@ -532,10 +846,10 @@ pub fn linear_rope_scaling(g: &GgufFile, arch: &str) -> Result<f32> {
 /// (Gemma 3, Qwen3), rotation, scaled dot-product with an additive mask, output projection.
 #[derive(Debug)]
 pub struct SelfAttention {
-    q: DecoderLinear,
-    k: DecoderLinear,
-    v: DecoderLinear,
-    o: DecoderLinear,
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    o: Projection,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     shape: HeadShape,
@@ -558,12 +872,7 @@ impl SelfAttention {
     ) -> Result<Self> {
         let (h, hd) = (shape.hidden, shape.head_dim);
         let lin = |n: &str, out_in: [usize; 2], bias: bool| {
-            let name = format!("{prefix}.{n}");
-            if bias {
-                DecoderLinear::load_with_bias(g, &name, out_in, mode, device)
-            } else {
-                DecoderLinear::load(g, &name, out_in, mode, device)
-            }
+            Projection::load(g, &format!("{prefix}.{n}"), out_in, bias, mode, device)
         };
         let norm = |n: &str, eps: f64| RmsNorm::load(g, &format!("{prefix}.{n}"), hd, eps, device);
         Ok(SelfAttention {
@@ -576,6 +885,24 @@ impl SelfAttention {
             shape,
             scale,
         })
+    }
+
+    /// Records that the file stores the q and k rows in llama.cpp's permuted order (GGUF
+    /// `llama` files; see [`llama_qk_rows`]), so adapters in Hugging Face order map onto them.
+    pub fn set_llama_permuted_qk(&mut self) {
+        let s = self.shape;
+        self.q.set_hf_rows(llama_qk_rows(s.heads, s.head_dim));
+        self.k.set_hf_rows(llama_qk_rows(s.kv_heads, s.head_dim));
+    }
+
+    /// The q, k, v and o projections.
+    pub fn projections_mut(&mut self) -> [&mut Projection; 4] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.o]
+    }
+
+    /// The q, k, v and o projections.
+    pub fn projections(&self) -> [&Projection; 4] {
+        [&self.q, &self.k, &self.v, &self.o]
     }
 
     /// Attends over normalized input `x` `[b, s, hidden]`, returning `[b, s, hidden]`.
@@ -636,7 +963,9 @@ impl SelfAttention {
             Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
             None => (k.contiguous()?, v.contiguous()?),
         };
-        cache.kv = Some((k.clone(), v.clone()));
+        // The cache outlives the step: keeping a LoRA graph alive in it would hold every
+        // step's activations.
+        cache.kv = Some((k.detach(), v.detach()));
         let k = repeat_kv(k, heads / kv_heads)?;
         let v = repeat_kv(v, heads / kv_heads)?;
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
@@ -644,7 +973,7 @@ impl SelfAttention {
             Some(b) => scores.broadcast_add(b)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = softmax_last_dim(&scores)?;
         self.o.forward(&merge_heads(&probs.matmul(&v)?)?)
     }
 }
@@ -780,9 +1109,9 @@ pub enum GateActivation {
 /// `down(act(gate(x)) * up(x))`.
 #[derive(Debug)]
 pub struct GatedMlp {
-    gate: DecoderLinear,
-    up: DecoderLinear,
-    down: DecoderLinear,
+    gate: Projection,
+    up: Projection,
+    down: Projection,
     act: GateActivation,
 }
 
@@ -798,7 +1127,7 @@ impl GatedMlp {
         device: &Device,
     ) -> Result<Self> {
         let lin = |n: &str, out_in| {
-            DecoderLinear::load(g, &format!("{prefix}.{n}"), out_in, mode, device)
+            Projection::load(g, &format!("{prefix}.{n}"), out_in, false, mode, device)
         };
         Ok(GatedMlp {
             gate: lin("ffn_gate", [ffn, hidden])?,
@@ -806,6 +1135,16 @@ impl GatedMlp {
             down: lin("ffn_down", [hidden, ffn])?,
             act,
         })
+    }
+
+    /// The gate, up and down projections.
+    pub fn projections_mut(&mut self) -> [&mut Projection; 3] {
+        [&mut self.gate, &mut self.up, &mut self.down]
+    }
+
+    /// The gate, up and down projections.
+    pub fn projections(&self) -> [&Projection; 3] {
+        [&self.gate, &self.up, &self.down]
     }
 
     /// Applies the MLP to `[.., hidden]`.

@@ -16,8 +16,8 @@ use candle_core::{Device, Tensor};
 use super::decoder::DecoderLm;
 use super::decoder_layers::{
     linear_rope_scaling, step_inputs, vocab_size, BatchMasks, DecoderDims, GateActivation,
-    GatedMlp, HeadShape, KvCache, OutputHead, RmsNorm, Rope, SelfAttention, TokenEmbedding,
-    WeightMode,
+    GatedMlp, HeadShape, KvCache, OutputHead, Projection, RmsNorm, Rope, SelfAttention,
+    TokenEmbedding, WeightMode,
 };
 use crate::error::Result;
 use crate::gguf::GgufFile;
@@ -203,6 +203,24 @@ impl DecoderLm for Gemma3Model {
 
     fn num_layers(&self) -> usize {
         self.blocks.len()
+    }
+
+    fn projections(&self) -> Vec<&Projection> {
+        let mut out = Vec::with_capacity(self.blocks.len() * 7);
+        for b in &self.blocks {
+            out.extend(b.attn.projections());
+            out.extend(b.mlp.projections());
+        }
+        out
+    }
+
+    fn projections_mut(&mut self) -> Vec<&mut Projection> {
+        let mut out = Vec::with_capacity(self.blocks.len() * 7);
+        for b in &mut self.blocks {
+            out.extend(b.attn.projections_mut());
+            out.extend(b.mlp.projections_mut());
+        }
+        out
     }
 
     fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {

@@ -12,8 +12,8 @@ use candle_core::{Device, Tensor};
 use super::decoder::DecoderLm;
 use super::decoder_layers::{
     linear_rope_scaling, step_inputs, vocab_size, BatchMasks, DecoderDims, GateActivation,
-    GatedMlp, HeadShape, KvCache, OutputHead, RmsNorm, Rope, SelfAttention, TokenEmbedding,
-    WeightMode,
+    GatedMlp, HeadShape, KvCache, OutputHead, Projection, RmsNorm, Rope, SelfAttention,
+    TokenEmbedding, WeightMode,
 };
 use crate::error::Result;
 use crate::gguf::GgufFile;
@@ -107,18 +107,16 @@ impl LlamaModel {
         for i in 0..cfg.layers {
             let p = format!("blk.{i}");
             let norm = |n: &str| RmsNorm::load(g, &format!("{p}.{n}"), h, cfg.eps, device);
+            let mut attn =
+                SelfAttention::load(g, &p, cfg.heads, cfg.qkv_bias, qk_norm, scale, mode, device)?;
+            if cfg.interleaved_rope {
+                // Interleaved rotary pairs are how the converter's q/k row permutation
+                // shows; adapters (Hugging Face order) need the same permutation.
+                attn.set_llama_permuted_qk();
+            }
             blocks.push(Block {
                 attn_norm: norm("attn_norm")?,
-                attn: SelfAttention::load(
-                    g,
-                    &p,
-                    cfg.heads,
-                    cfg.qkv_bias,
-                    qk_norm,
-                    scale,
-                    mode,
-                    device,
-                )?,
+                attn,
                 ffn_norm: norm("ffn_norm")?,
                 mlp: GatedMlp::load(g, &p, h, cfg.ffn, GateActivation::Silu, mode, device)?,
             });
@@ -188,6 +186,24 @@ impl DecoderLm for LlamaModel {
 
     fn num_layers(&self) -> usize {
         self.blocks.len()
+    }
+
+    fn projections(&self) -> Vec<&Projection> {
+        let mut out = Vec::with_capacity(self.blocks.len() * 7);
+        for b in &self.blocks {
+            out.extend(b.attn.projections());
+            out.extend(b.mlp.projections());
+        }
+        out
+    }
+
+    fn projections_mut(&mut self) -> Vec<&mut Projection> {
+        let mut out = Vec::with_capacity(self.blocks.len() * 7);
+        for b in &mut self.blocks {
+            out.extend(b.attn.projections_mut());
+            out.extend(b.mlp.projections_mut());
+        }
+        out
     }
 
     fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {

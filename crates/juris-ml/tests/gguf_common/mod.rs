@@ -42,6 +42,11 @@ pub struct Tiny<'a> {
     pub drop_tensor: Option<&'a str>,
     /// A metadata key to leave out.
     pub drop_key: Option<&'a str>,
+    /// Wider layers (hidden 64, 4 query heads of 16 over 2 kv heads, MLP 128) whose rows
+    /// split into the 32-wide blocks of Q8_0/Q4_0.
+    pub wide: bool,
+    /// Storage type of the 2-D tensors (matrices and embedding); vectors stay f32.
+    pub matrix_dtype: GgmlDType,
 }
 
 impl Default for Tiny<'_> {
@@ -50,6 +55,8 @@ impl Default for Tiny<'_> {
             arch: "llama",
             drop_tensor: None,
             drop_key: None,
+            wide: false,
+            matrix_dtype: GgmlDType::F32,
         }
     }
 }
@@ -71,11 +78,16 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
 }
 
-/// Writes a 2-layer model: hidden 16, 4 query heads of 8 (GQA over 2 kv heads), MLP 32.
+/// Writes a 2-layer model: hidden 16, 4 query heads of 8 (GQA over 2 kv heads), MLP 32
+/// (or the wide sizes, see [`Tiny::wide`]).
 pub fn write_tiny(path: &Path, opt: &Tiny) {
     let (tokens, scores, types) = vocab();
     let vocab_n = tokens.len();
-    let (h, heads, kv, hd, ffn, layers) = (16usize, 4usize, 2usize, 8usize, 32usize, 2usize);
+    let (h, heads, kv, hd, ffn, layers) = if opt.wide {
+        (64usize, 4usize, 2usize, 16usize, 128usize, 2usize)
+    } else {
+        (16usize, 4usize, 2usize, 8usize, 32usize, 2usize)
+    };
     let a = opt.arch;
     let mut meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(a.into())),
@@ -143,7 +155,14 @@ pub fn write_tiny(path: &Path, opt: &Tiny) {
     tensors.retain(|(k, _)| Some(k.as_str()) != opt.drop_tensor);
     let q: Vec<(String, QTensor)> = tensors
         .into_iter()
-        .map(|(k, t)| (k, QTensor::quantize(&t, GgmlDType::F32).expect("quantize")))
+        .map(|(k, t)| {
+            let dtype = if t.dims().len() == 2 {
+                opt.matrix_dtype
+            } else {
+                GgmlDType::F32
+            };
+            (k, QTensor::quantize(&t, dtype).expect("quantize"))
+        })
         .collect();
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let q_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, t)| (k.as_str(), t)).collect();
