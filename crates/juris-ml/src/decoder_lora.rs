@@ -468,10 +468,29 @@ fn merged_weights(
     Ok(out)
 }
 
+/// The type a matrix of the export is stored in: `format`'s, except that with Q4_0 the
+/// output projection (`output.weight`, or the token embedding when the file ties them)
+/// is stored Q8_0 — 4-bit logits cost far more quality than 4-bit blocks elsewhere, which is
+/// why llama.cpp's own Q4_0 keeps it at 6 bits (Q6_K; its 256-wide blocks do not divide
+/// widths such as 576 or 640, Q8_0's 32-wide ones do). A matrix whose rows do not split
+/// into the type's blocks is stored f32.
+fn matrix_dtype(format: ExportFormat, name: &str, has_output: bool, row: usize) -> GgmlDType {
+    let is_head = name == "output.weight" || (!has_output && name == "token_embd.weight");
+    let dtype = match format {
+        ExportFormat::Q4_0 if is_head => GgmlDType::Q8_0,
+        f => f.ggml_dtype(),
+    };
+    if row.is_multiple_of(dtype.block_size()) {
+        dtype
+    } else {
+        GgmlDType::F32
+    }
+}
+
 /// Writes `out`: the GGUF `base_gguf` with the PEFT adapter in `adapter_dir` merged into its
-/// matrices, every matrix stored in `format` (vectors — norms, biases, rotary factors — stay
-/// f32, as llama.cpp expects; a matrix whose rows do not split into the format's blocks is
-/// stored f32). All metadata (architecture, hyper-parameters, tokenizer, chat template) is
+/// matrices, every matrix stored in `format` (with Q4_0, the output projection Q8_0; vectors
+/// — norms, biases, rotary factors — stay f32, as llama.cpp expects; a matrix whose rows do
+/// not split into the format's blocks is stored f32). All metadata (architecture, hyper-parameters, tokenizer, chat template) is
 /// copied; `general.file_type` says the new type. Matrices the adapter does not touch and
 /// that are already in `format` are copied bit for bit. The file is written under a
 /// temporary name next to `out` and renamed into place.
@@ -485,7 +504,7 @@ pub fn export_merged_gguf(
     let adapter = load_decoder_adapter(adapter_dir, &Device::Cpu)?;
     let mut merged = merged_weights(&g, &adapter, adapter_dir)?;
     let cpu = Device::Cpu;
-    let target = format.ggml_dtype();
+    let has_output = g.has_tensor("output.weight");
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for name in g.tensor_names() {
         let shape = g.tensor_shape(name)?;
@@ -498,11 +517,7 @@ pub fn export_merged_gguf(
                 QTensor::quantize(&q.dequantize(&cpu)?, GgmlDType::F32)?
             }
         } else {
-            let dtype = if row % target.block_size() == 0 {
-                target
-            } else {
-                GgmlDType::F32
-            };
+            let dtype = matrix_dtype(format, name, has_output, row);
             match merged.remove(name) {
                 Some(w) => QTensor::quantize(&w, dtype)?,
                 None if q.dtype() == dtype => q,
