@@ -3,7 +3,8 @@
 # fine-tuned, on dev (bench/train/sft/*.toml, rewritten here to write under /root/work).
 #   smollm2: SmolLM2-135M-Instruct (Q4_1, base kept quantized) on coliee_statute_en train,
 #            eval-qa's Yes/No prompt -> "Yes"/"No"; dev Y/N accuracy with the gold articles
-#            and with BM25-retrieved ones (-k 5), base vs adapter on the same Q4_1 base, and
+#            and with BM25-retrieved ones (-k 5, plus ask's citation hit rate), base vs adapter
+#            on the same Q4_1 base, and
 #            the merged Q8_0 / Q4_0 exports.
 #   gemma:   Gemma-3-270M (base, Q4_K_M kept quantized) on jordan_law_qa_ar train, ask's
 #            prompt -> the reference answer; dev ROUGE-L / token F1 (first $LIMIT dev
@@ -42,6 +43,8 @@ for job in "$@"; do
       for arts in gold retrieved; do
         for v in base adapter; do
           extra=(); [ $v = adapter ] && extra=(--adapter "$run/best")
+          # With retrieved articles also generate ask's cited answer: the citation hit rate.
+          [ $arts = retrieved ] && extra+=(--cite --max-tokens 64)
           echo "== smollm2 $arts $v"
           "$J" eval-qa "${q[@]}" --articles $arts --model "$base" "${extra[@]}" --output "$OUT/smollm2-$arts-$v.jsonl" 2>&1 | tail -12
         done

@@ -11,7 +11,8 @@
 //! Articles are the gold ones from the qrels (`--articles gold`: reading comprehension) or
 //! the retrieved ones (`--articles retrieved`: the whole pipeline), which adds Recall@k of
 //! the retrieval and, for generated answers, the citation hit rate (a gold article among
-//! the kept citations). `--output` gets one JSON line per query as soon as it is scored,
+//! the kept citations; with `--cite` Yes/No queries get an `ask` answer too, for that rate).
+//! `--output` gets one JSON line per query as soon as it is scored,
 //! so an interrupted run (Ctrl-C) keeps every finished row.
 
 use crate::ask::{
@@ -73,9 +74,18 @@ pub struct EvalQaArgs {
     /// Language to answer in, overriding each query's `lang` and detection.
     #[arg(long)]
     pub lang: Option<String>,
+    /// For Yes/No queries too, generate the `ask` answer (numbered articles, cited ids) and
+    /// score its citations: with --articles retrieved this is the citation hit rate of
+    /// `juris ask` on those questions.
+    #[arg(long)]
+    pub cite: bool,
     #[command(flatten)]
     pub sampling: crate::generate_cmd::SamplingArgs,
 }
+
+/// An `ask` answer: the text, kept and dropped citations, prompt tokens, and whether the
+/// articles were cut to fit the context.
+type AskAnswer = (String, Vec<String>, Vec<String>, usize, bool);
 
 /// A query's expected answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -313,6 +323,28 @@ pub fn cmd_eval_qa(a: EvalQaArgs, bar: &Bar) -> Result<()> {
             }
         };
         bar.start("answering", Some(items.len() as u64));
+        // The `ask` answer to an item: generated text, kept and dropped citations, prompt
+        // tokens (and whether the articles were cut to fit).
+        let ask_answer = |item: &Item, arts: &[Article]| -> Result<AskAnswer> {
+            if !anything_relevant(arts) {
+                return Ok((NO_ANSWER.to_string(), Vec::new(), Vec::new(), 0, false));
+            }
+            let lang = item
+                .lang
+                .unwrap_or_else(|| juris_text::lang::detect_lang(&item.text));
+            let fitted = model.fit(Some(&system), arts, budget, &|xs| {
+                user_message(&item.text, lang, xs)
+            })?;
+            let ids = model.prompt_ids(Some(&system), &fitted.message)?;
+            let g = model
+                .gen
+                .generate_ids(&ids, &opts, &mut |_| ControlFlow::Continue(()))?;
+            let answer = g.text.trim().to_string();
+            let shown: Vec<&str> = arts.iter().map(|x| x.id.as_str()).collect();
+            let c = extract_citations(&answer, &shown);
+            let kept: Vec<String> = c.kept.iter().map(|&i| arts[i].id.clone()).collect();
+            Ok((answer, kept, c.dropped, fitted.tokens, fitted.cut > 0))
+        };
         for (item, arts) in items.iter().zip(&articles) {
             let q_started = Instant::now();
             let mut row = serde_json::json!({
@@ -365,29 +397,20 @@ pub fn cmd_eval_qa(a: EvalQaArgs, bar: &Bar) -> Result<()> {
                     row["predicted"] = predicted.map(|p| if p { "Y" } else { "N" }).into();
                     row["correct"] = correct.into();
                     row["prompt_tokens"] = fitted.tokens.into();
+                    if a.cite {
+                        let (answer, kept, dropped, _, _) = ask_answer(item, arts)?;
+                        let hit = kept.iter().any(|c| item.gold.contains(c));
+                        totals.cite_queries += 1;
+                        totals.cite_hits += usize::from(hit);
+                        row["citation_hit"] = hit.into();
+                        row["answer"] = answer.into();
+                        row["citations"] = kept.into();
+                        row["dropped_citations"] = dropped.into();
+                    }
                 }
                 Expected::Text(reference) => {
-                    let lang = item
-                        .lang
-                        .unwrap_or_else(|| juris_text::lang::detect_lang(&item.text));
-                    let (answer, kept, dropped, prompt_tokens) = if anything_relevant(arts) {
-                        let fitted = model.fit(Some(&system), arts, budget, &|xs| {
-                            user_message(&item.text, lang, xs)
-                        })?;
-                        totals.cut += usize::from(fitted.cut > 0);
-                        let ids = model.prompt_ids(Some(&system), &fitted.message)?;
-                        let g = model
-                            .gen
-                            .generate_ids(&ids, &opts, &mut |_| ControlFlow::Continue(()))?;
-                        let answer = g.text.trim().to_string();
-                        let shown: Vec<&str> = arts.iter().map(|x| x.id.as_str()).collect();
-                        let c = extract_citations(&answer, &shown);
-                        let kept: Vec<String> =
-                            c.kept.iter().map(|&i| arts[i].id.clone()).collect();
-                        (answer, kept, c.dropped, fitted.tokens)
-                    } else {
-                        (NO_ANSWER.to_string(), Vec::new(), Vec::new(), 0)
-                    };
+                    let (answer, kept, dropped, prompt_tokens, cut) = ask_answer(item, arts)?;
+                    totals.cut += usize::from(cut);
                     let scored = strip_citations(&answer);
                     let (rl, f1) = (rouge_l(&scored, reference), token_f1(&scored, reference));
                     totals.text += 1;

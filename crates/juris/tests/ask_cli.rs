@@ -167,6 +167,60 @@ fn eval_qa_scores_yes_no_and_free_text_and_writes_rows() {
 }
 
 #[test]
+fn eval_qa_cite_scores_citations_of_yes_no_questions() {
+    let Some(model) = tiny() else { return };
+    let (dir, idx) = setup();
+    let rows = dir.path().join("rows.jsonl");
+    let (queries, qrels) = (
+        dir.path().join("queries.jsonl"),
+        dir.path().join("qrels.tsv"),
+    );
+    let out = ok(&[
+        "eval-qa",
+        "--index",
+        s(&idx),
+        "--queries",
+        s(&queries),
+        "--qrels",
+        s(&qrels),
+        "--articles",
+        "retrieved",
+        "-k",
+        "2",
+        "--model",
+        s(&model),
+        "--max-tokens",
+        "8",
+        "--cite",
+        "--output",
+        s(&rows),
+    ]);
+    // Every query (Yes/No ones included) now counts in the citation hit rate.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("citation hit rate"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.trim_end().ends_with(" 4"), "{line}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&rows)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["kind"], "yes_no");
+    assert!(lines[0]["citation_hit"].is_boolean(), "{}", lines[0]);
+    assert!(lines[0]["answer"].is_string());
+    let hits = lines
+        .iter()
+        .filter(|l| l["citation_hit"] == serde_json::Value::Bool(true))
+        .count();
+    let rate: f64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(
+        (rate - hits as f64 / 4.0).abs() < 1e-4,
+        "{line} vs {hits} hits"
+    );
+}
+
+#[test]
 fn eval_qa_without_answers_says_what_it_needs() {
     let (dir, idx) = setup();
     let plain = dir.path().join("plain.jsonl");
