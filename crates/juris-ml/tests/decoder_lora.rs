@@ -177,6 +177,12 @@ fn gradients_match_finite_differences_gemma3() {
     check_finite_differences("gemma3");
 }
 
+#[test]
+fn gradients_match_finite_differences_qwen2_and_qwen3() {
+    check_finite_differences("qwen2");
+    check_finite_differences("qwen3");
+}
+
 /// All adapter gradients of `t` for the probe loss, flattened in `named_vars` order.
 fn all_grads(t: &TrainableDecoder, probe: &Tensor) -> Vec<f32> {
     let grads = loss(t, probe).backward().unwrap();
@@ -486,7 +492,7 @@ fn merged_gguf_exports_load_and_match_the_merged_model() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = export_dir(tmp.path());
     let mut report = serde_json::Map::new();
-    for arch in ["llama", "gemma3"] {
+    for arch in ["llama", "gemma3", "qwen2", "qwen3"] {
         // The base is Q8_0 as a QLoRA base would be; the adapter is random.
         let path = tiny(tmp.path(), arch, true, GgmlDType::Q8_0);
         let t = TrainableDecoder::new(&path, WeightMode::F32, config(), 2, &Device::Cpu).unwrap();
@@ -588,6 +594,15 @@ fn merged_gguf_exports_load_and_match_the_merged_model() {
                 assert!(d < tol, "{arch} {format:?}: {d}");
             }
         }
+        // With an export folder kept, also the Hugging Face folder (transformers loads it
+        // in `qlora_fixtures.py --check-export`).
+        if std::env::var_os("JURIS_QLORA_EXPORT_DIR").is_some() {
+            let hf = out_dir.join(format!("tiny-{arch}-merged-hf"));
+            if hf.exists() {
+                std::fs::remove_dir_all(&hf).unwrap();
+            }
+            juris_ml::decoder_lora::export_merged_safetensors(&path, &ad, &hf).unwrap();
+        }
         report.insert(arch.into(), serde_json::Value::Object(arch_report));
     }
     std::fs::write(
@@ -630,8 +645,7 @@ fn generator_with_adapter_matches_the_merged_export() {
         let plain = run(&GgufGenerator::load_cpu(&path, WeightMode::F32).unwrap());
         assert_ne!(want, plain, "{arch}: the adapter changes nothing");
         for mode in [WeightMode::F32, WeightMode::Quantized] {
-            let g = GgufGenerator::load_with_adapter(&path, mode, Some(&ad), &Device::Cpu)
-                .unwrap();
+            let g = GgufGenerator::load_with_adapter(&path, mode, Some(&ad), &Device::Cpu).unwrap();
             assert!(g.name().contains("LoRA"), "{}", g.name());
             assert_eq!(run(&g), want, "{arch} {mode:?}");
         }
