@@ -150,7 +150,9 @@ impl TrainableDecoder {
 
     /// The decoder with the adapter attached; its `forward_hidden` and `logits` record a
     /// graph through the adapter's variables (its KV-cache path `forward_step` works too,
-    /// for sampling during training, and keeps no graph in the cache).
+    /// for sampling during training, and keeps no graph in the cache). Dropout applies
+    /// whenever a dropout seed is set: call `lora().set_dropout_seed(None)` before
+    /// evaluating or sampling.
     pub fn model(&self) -> &dyn DecoderLm {
         self.model.as_ref()
     }
