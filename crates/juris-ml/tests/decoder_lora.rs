@@ -177,6 +177,12 @@ fn gradients_match_finite_differences_gemma3() {
     check_finite_differences("gemma3");
 }
 
+#[test]
+fn gradients_match_finite_differences_qwen2_and_qwen3() {
+    check_finite_differences("qwen2");
+    check_finite_differences("qwen3");
+}
+
 /// All adapter gradients of `t` for the probe loss, flattened in `named_vars` order.
 fn all_grads(t: &TrainableDecoder, probe: &Tensor) -> Vec<f32> {
     let grads = loss(t, probe).backward().unwrap();
@@ -486,7 +492,7 @@ fn merged_gguf_exports_load_and_match_the_merged_model() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = export_dir(tmp.path());
     let mut report = serde_json::Map::new();
-    for arch in ["llama", "gemma3"] {
+    for arch in ["llama", "gemma3", "qwen2", "qwen3"] {
         // The base is Q8_0 as a QLoRA base would be; the adapter is random.
         let path = tiny(tmp.path(), arch, true, GgmlDType::Q8_0);
         let t = TrainableDecoder::new(&path, WeightMode::F32, config(), 2, &Device::Cpu).unwrap();
@@ -588,6 +594,15 @@ fn merged_gguf_exports_load_and_match_the_merged_model() {
                 assert!(d < tol, "{arch} {format:?}: {d}");
             }
         }
+        // With an export folder kept, also the Hugging Face folder (transformers loads it
+        // in `qlora_fixtures.py --check-export`).
+        if std::env::var_os("JURIS_QLORA_EXPORT_DIR").is_some() {
+            let hf = out_dir.join(format!("tiny-{arch}-merged-hf"));
+            if hf.exists() {
+                std::fs::remove_dir_all(&hf).unwrap();
+            }
+            juris_ml::decoder_lora::export_merged_safetensors(&path, &ad, &hf).unwrap();
+        }
         report.insert(arch.into(), serde_json::Value::Object(arch_report));
     }
     std::fs::write(
@@ -595,4 +610,44 @@ fn merged_gguf_exports_load_and_match_the_merged_model() {
         serde_json::to_string(&report).unwrap(),
     )
     .unwrap();
+}
+
+/// `GgufGenerator::load_with_adapter` generates what the merged export generates, in both
+/// weight modes (seeded sampling, which follows the logits more closely than greedy on a
+/// random model that repeats one token; a base whose matrices are f32 so the modes agree
+/// to rounding).
+#[test]
+fn generator_with_adapter_matches_the_merged_export() {
+    use juris_ml::decoder_lora::{export_merged_gguf, ExportFormat};
+    use juris_ml::{GenerateOptions, Generator, GgufGenerator};
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "gemma3"] {
+        let path = tiny(dir.path(), arch, true, GgmlDType::F32);
+        let t = TrainableDecoder::new(&path, WeightMode::F32, config(), 6, &Device::Cpu).unwrap();
+        randomize_b(&t, 12);
+        let ad = dir.path().join(format!("gen-adapter-{arch}"));
+        t.save_adapter(&ad).unwrap();
+        let merged = dir.path().join(format!("gen-merged-{arch}.gguf"));
+        export_merged_gguf(&path, &ad, &merged, ExportFormat::F32).unwrap();
+        let opts = GenerateOptions {
+            max_tokens: 12,
+            temperature: 0.8,
+            seed: 3,
+            ..GenerateOptions::default()
+        };
+        let prompt = [1u32, 260, 265, 262];
+        let run = |g: &GgufGenerator| {
+            g.generate_ids(&prompt, &opts, &mut |_| std::ops::ControlFlow::Continue(()))
+                .unwrap()
+                .tokens
+        };
+        let want = run(&GgufGenerator::load_cpu(&merged, WeightMode::F32).unwrap());
+        let plain = run(&GgufGenerator::load_cpu(&path, WeightMode::F32).unwrap());
+        assert_ne!(want, plain, "{arch}: the adapter changes nothing");
+        for mode in [WeightMode::F32, WeightMode::Quantized] {
+            let g = GgufGenerator::load_with_adapter(&path, mode, Some(&ad), &Device::Cpu).unwrap();
+            assert!(g.name().contains("LoRA"), "{}", g.name());
+            assert_eq!(run(&g), want, "{arch} {mode:?}");
+        }
+    }
 }

@@ -398,3 +398,78 @@ fn smollm2_merged_exports_load_and_match() {
     )
     .unwrap();
 }
+
+/// The merged model as a Hugging Face folder: transformers names, `llama` q/k rows back in
+/// Hugging Face order (checked here against juris's own merged weights; transformers loads
+/// the folder in `qlora_fixtures.py --check-export`).
+fn check_safetensors_export(name: &str, always: bool) {
+    use juris_ml::decoder_lora::export_merged_safetensors;
+    use juris_ml::models::decoder_layers::{llama_qk_rows, DecoderLinear};
+    let fx = fixture(name);
+    let Some(path) = model_path(&fx) else {
+        return;
+    };
+    if !always && std::env::var_os("JURIS_QLORA_EXPORT_DIR").is_none() {
+        println!("skipped {name}: runs with JURIS_QLORA_EXPORT_DIR set (writes ~1 GB)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = export_dir(tmp.path());
+    let g = GgufFile::open(&path).unwrap();
+    let dir = out.join(format!("{name}-adapter"));
+    if !dir.exists() {
+        formula_adapter(&g).save(&dir).unwrap();
+    }
+    let hf = out.join(format!("{name}-merged-hf"));
+    if hf.exists() {
+        std::fs::remove_dir_all(&hf).unwrap();
+    }
+    export_merged_safetensors(&path, &dir, &hf).unwrap();
+    // A second export into the same folder is refused rather than mixed.
+    assert!(export_merged_safetensors(&path, &dir, &hf).is_err());
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    let st = candle_core::safetensors::load(hf.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(st.len(), g.tensor_names().len());
+    assert!(st.contains_key("model.embed_tokens.weight"));
+    assert!(st.contains_key("model.layers.0.mlp.down_proj.weight"));
+    let merged = load_decoder_with_adapter(&g, WeightMode::F32, Some(&dir), &Device::Cpu).unwrap();
+    let arch = g.architecture().unwrap().to_string();
+    let heads = cfg["num_attention_heads"].as_u64().unwrap() as usize;
+    let kv = cfg["num_key_value_heads"].as_u64().unwrap() as usize;
+    let hd = cfg["head_dim"].as_u64().unwrap() as usize;
+    for p in merged.projections() {
+        let DecoderLinear::Dense { weight, .. } = p.base() else {
+            panic!("F32 mode holds dense weights")
+        };
+        let mut w = st[&format!("{}.weight", p.path())].clone();
+        if arch == "llama" && p.path().ends_with("q_proj") {
+            let rows = llama_qk_rows(heads, hd);
+            w = w
+                .index_select(&Tensor::new(rows, &Device::Cpu).unwrap(), 0)
+                .unwrap();
+        } else if arch == "llama" && p.path().ends_with("k_proj") {
+            let rows = llama_qk_rows(kv, hd);
+            w = w
+                .index_select(&Tensor::new(rows, &Device::Cpu).unwrap(), 0)
+                .unwrap();
+        }
+        assert_eq!(max_abs(&w, weight), 0.0, "{name} {}", p.path());
+    }
+    println!(
+        "{name}: Hugging Face folder {} written ({} tensors, model_type {})",
+        hf.display(),
+        st.len(),
+        cfg["model_type"]
+    );
+}
+
+#[test]
+fn smollm2_merged_safetensors_export() {
+    check_safetensors_export("smollm2", true);
+}
+
+#[test]
+fn gemma3_merged_safetensors_export() {
+    check_safetensors_export("gemma3", false);
+}
