@@ -25,8 +25,8 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use juris_index::Progress;
 use juris_ml::decoder_lora::{export_merged_gguf, ExportFormat, TrainableDecoder};
 use juris_ml::gguf::GgufFile;
-use juris_ml::lora::{LoraConfig, SplitMix64};
-use juris_ml::models::decoder::DecoderLm;
+use juris_ml::lora::{LoraAdapter, LoraConfig, SplitMix64};
+use juris_ml::models::decoder::{load_decoder, DecoderLm};
 use juris_ml::models::decoder_layers::WeightMode;
 use juris_ml::DeviceChoice;
 use serde::{Deserialize, Serialize};
@@ -190,6 +190,13 @@ pub fn train_sft(
     let metrics_path = out.join("metrics.jsonl");
     let digest = cfg.trajectory_digest();
     let mut opt = AdamW::new(&vars, t.weight_decay)?;
+    // The dev loss runs on a second copy of the base with a snapshot of the adapter attached
+    // as constants: through the trainable one, candle would record (and keep alive until the
+    // loss is dropped) the whole backward graph of every dev batch.
+    let mut frozen = match &prepared.dev {
+        Some(_) => Some(load_decoder(&GgufFile::open(&path)?, mode, &device)?),
+        None => None,
+    };
     let mut state = match checkpoint::load_state::<SftState>(&out, &device)? {
         Some((st, tensors)) => {
             if st.config_digest != digest {
@@ -240,7 +247,8 @@ pub fn train_sft(
                 done: false,
             };
             if let Some((dev, _)) = &prepared.dev {
-                let l = dev_loss(model, lora, dev, cfg.eval_batch_size(), pad, progress)?;
+                let frozen = frozen.as_mut().expect("a dev set has an evaluation model");
+                let l = frozen_dev_loss(frozen, lora, dev, cfg.eval_batch_size(), pad, progress)?;
                 note(&format!("dev loss before training: {l:.4}"));
                 report::append(&metrics_path, &json!({"step": 0, "dev": {"loss": l}}))?;
                 st.dev_before = Some(l);
@@ -260,14 +268,17 @@ pub fn train_sft(
     };
     let best_dir = out.join("best");
     // Evaluates on the dev set, records it, keeps the best adapter.
-    let evaluate = |state: &mut SftState, epoch: usize| -> Result<()> {
-        let Some((dev, _)) = &prepared.dev else {
+    let evaluate = |frozen: &mut Option<Box<dyn DecoderLm>>,
+                    state: &mut SftState,
+                    epoch: usize|
+     -> Result<()> {
+        let (Some((dev, _)), Some(frozen)) = (&prepared.dev, frozen.as_mut()) else {
             return Ok(());
         };
         if state.last_eval.is_some_and(|(s, _)| s == state.global_step) {
             return Ok(());
         }
-        let l = dev_loss(model, lora, dev, cfg.eval_batch_size(), pad, progress)?;
+        let l = frozen_dev_loss(frozen, lora, dev, cfg.eval_batch_size(), pad, progress)?;
         report::append(
             &metrics_path,
             &json!({"step": state.global_step, "epoch": epoch + 1, "dev": {"loss": l}}),
@@ -365,7 +376,7 @@ pub fn train_sft(
             }
             if t.eval_every > 0 && state.global_step % t.eval_every == 0 {
                 progress.finish();
-                evaluate(&mut state, epoch)?;
+                evaluate(&mut frozen, &mut state, epoch)?;
                 progress.start(
                     &format!("epoch {}/{}", epoch + 1, t.epochs),
                     Some(steps_per_epoch),
@@ -402,12 +413,12 @@ pub fn train_sft(
         progress.finish();
         state.epoch += 1;
         state.step_in_epoch = 0;
-        evaluate(&mut state, epoch)?;
+        evaluate(&mut frozen, &mut state, epoch)?;
         save_ckpt(&state, &opt)?;
     }
     if stopped_by_max {
         let epoch = state.epoch;
-        evaluate(&mut state, epoch)?;
+        evaluate(&mut frozen, &mut state, epoch)?;
     } else {
         state.done = true;
     }
@@ -502,17 +513,41 @@ pub fn batch_ce(model: &dyn DecoderLm, seqs: &[&Example], pad: u32) -> Result<(T
     Ok(((lse - target)?.sum_all()?, count))
 }
 
-/// Mean cross-entropy per target token over `seqs` (dropout off), in batches of `batch`
-/// sequences of similar length.
-pub fn dev_loss(
-    model: &dyn DecoderLm,
+/// Attaches a snapshot of `adapter` to every projection of `model` as constants (no
+/// gradient, no dropout).
+fn attach_frozen(model: &mut dyn DecoderLm, adapter: &LoraAdapter) -> Result<()> {
+    let scale = adapter.config.scale();
+    for p in model.projections_mut() {
+        if let Some(pair) = adapter.modules.get(p.path()) {
+            p.set_frozen(&pair.a, &pair.b, scale)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`dev_loss`] of the adapter being trained, computed on `frozen` (a second copy of the
+/// base) with the adapter's current values attached as constants.
+fn frozen_dev_loss(
+    frozen: &mut Box<dyn DecoderLm>,
     lora: &juris_ml::LoraTrain,
     seqs: &[Example],
     batch: usize,
     pad: u32,
     progress: &dyn Progress,
 ) -> Result<f64> {
-    lora.set_dropout_seed(None);
+    attach_frozen(frozen.as_mut(), &lora.to_adapter()?)?;
+    dev_loss(frozen.as_ref(), seqs, batch, pad, progress)
+}
+
+/// Mean cross-entropy per target token over `seqs`, in batches of `batch` sequences of
+/// similar length. With a model holding no variables, no graph is recorded.
+pub fn dev_loss(
+    model: &dyn DecoderLm,
+    seqs: &[Example],
+    batch: usize,
+    pad: u32,
+    progress: &dyn Progress,
+) -> Result<f64> {
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(seqs[i].ids.len()), i));
     progress.start("dev loss", Some(seqs.len() as u64));
