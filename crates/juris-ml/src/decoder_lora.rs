@@ -2,7 +2,8 @@
 //! decoder ([`TrainableDecoder`]: base frozen, f32 or kept quantized, adapters as candle
 //! `Var`s), inference with an adapter ([`load_decoder_with_adapter`]: merged into f32
 //! weights, or applied unmerged on the quantized base), and export of the merged model as a
-//! GGUF file that juris and llama.cpp load ([`export_merged_gguf`]).
+//! GGUF file that juris and llama.cpp load ([`export_merged_gguf`]) or as a Hugging Face folder
+//! ([`export_merged_safetensors`]).
 //!
 //! Adapters are PEFT folders in the Hugging Face layout: module paths
 //! `model.layers.{i}.self_attn.{q,k,v,o}_proj` and `model.layers.{i}.mlp.{gate,up,down}_proj`,
@@ -149,7 +150,9 @@ impl TrainableDecoder {
 
     /// The decoder with the adapter attached; its `forward_hidden` and `logits` record a
     /// graph through the adapter's variables (its KV-cache path `forward_step` works too,
-    /// for sampling during training, and keeps no graph in the cache).
+    /// for sampling during training, and keeps no graph in the cache). Dropout applies
+    /// whenever a dropout seed is set: call `lora().set_dropout_seed(None)` before
+    /// evaluating or sampling.
     pub fn model(&self) -> &dyn DecoderLm {
         self.model.as_ref()
     }
@@ -468,10 +471,29 @@ fn merged_weights(
     Ok(out)
 }
 
+/// The type a matrix of the export is stored in: `format`'s, except that with Q4_0 the
+/// output projection (`output.weight`, or the token embedding when the file ties them)
+/// is stored Q8_0 — 4-bit logits cost far more quality than 4-bit blocks elsewhere, which is
+/// why llama.cpp's own Q4_0 keeps it at 6 bits (Q6_K; its 256-wide blocks do not divide
+/// widths such as 576 or 640, Q8_0's 32-wide ones do). A matrix whose rows do not split
+/// into the type's blocks is stored f32.
+fn matrix_dtype(format: ExportFormat, name: &str, has_output: bool, row: usize) -> GgmlDType {
+    let is_head = name == "output.weight" || (!has_output && name == "token_embd.weight");
+    let dtype = match format {
+        ExportFormat::Q4_0 if is_head => GgmlDType::Q8_0,
+        f => f.ggml_dtype(),
+    };
+    if row.is_multiple_of(dtype.block_size()) {
+        dtype
+    } else {
+        GgmlDType::F32
+    }
+}
+
 /// Writes `out`: the GGUF `base_gguf` with the PEFT adapter in `adapter_dir` merged into its
-/// matrices, every matrix stored in `format` (vectors — norms, biases, rotary factors — stay
-/// f32, as llama.cpp expects; a matrix whose rows do not split into the format's blocks is
-/// stored f32). All metadata (architecture, hyper-parameters, tokenizer, chat template) is
+/// matrices, every matrix stored in `format` (with Q4_0, the output projection Q8_0; vectors
+/// — norms, biases, rotary factors — stay f32, as llama.cpp expects; a matrix whose rows do
+/// not split into the format's blocks is stored f32). All metadata (architecture, hyper-parameters, tokenizer, chat template) is
 /// copied; `general.file_type` says the new type. Matrices the adapter does not touch and
 /// that are already in `format` are copied bit for bit. The file is written under a
 /// temporary name next to `out` and renamed into place.
@@ -485,7 +507,7 @@ pub fn export_merged_gguf(
     let adapter = load_decoder_adapter(adapter_dir, &Device::Cpu)?;
     let mut merged = merged_weights(&g, &adapter, adapter_dir)?;
     let cpu = Device::Cpu;
-    let target = format.ggml_dtype();
+    let has_output = g.has_tensor("output.weight");
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for name in g.tensor_names() {
         let shape = g.tensor_shape(name)?;
@@ -498,11 +520,7 @@ pub fn export_merged_gguf(
                 QTensor::quantize(&q.dequantize(&cpu)?, GgmlDType::F32)?
             }
         } else {
-            let dtype = if row % target.block_size() == 0 {
-                target
-            } else {
-                GgmlDType::F32
-            };
+            let dtype = matrix_dtype(format, name, has_output, row);
             match merged.remove(name) {
                 Some(w) => QTensor::quantize(&w, dtype)?,
                 None if q.dtype() == dtype => q,
@@ -553,4 +571,230 @@ fn write_gguf_atomic(
         return Err(e);
     }
     std::fs::rename(&tmp, out).map_err(io(out))
+}
+
+/// The Hugging Face name (without `.weight` / `.bias`) of GGUF tensor `base` in a model of
+/// architecture `arch`, as transformers' `LlamaForCausalLM`, `Qwen2ForCausalLM`,
+/// `Qwen3ForCausalLM` and `Gemma3ForCausalLM` name their parameters.
+fn hf_tensor_name(arch: &str, base: &str) -> Option<String> {
+    match base {
+        "token_embd" => return Some("model.embed_tokens".into()),
+        "output_norm" => return Some("model.norm".into()),
+        "output" => return Some("lm_head".into()),
+        _ => {}
+    }
+    if let Some(p) = hf_module_path(base) {
+        return Some(p);
+    }
+    let rest = base.strip_prefix("blk.")?;
+    let (i, part) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let module = match (part, arch == "gemma3") {
+        ("attn_norm", _) => "input_layernorm",
+        ("ffn_norm", false) => "post_attention_layernorm",
+        ("ffn_norm", true) => "pre_feedforward_layernorm",
+        ("post_attention_norm", true) => "post_attention_layernorm",
+        ("post_ffw_norm", true) => "post_feedforward_layernorm",
+        ("attn_q_norm", _) => "self_attn.q_norm",
+        ("attn_k_norm", _) => "self_attn.k_norm",
+        _ => return None,
+    };
+    Some(format!("model.layers.{i}.{module}"))
+}
+
+/// `config.json` for the transformers class of the model in `g`.
+fn hf_config(g: &GgufFile) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let arch = g.architecture()?.to_string();
+    let tied = !g.has_tensor("output.weight");
+    let token = |k: &str| -> Result<Option<usize>> { g.usize_opt(&format!("tokenizer.ggml.{k}")) };
+    let (bos, eos, pad) = (
+        token("bos_token_id")?,
+        token("eos_token_id")?,
+        token("padding_token_id")?,
+    );
+    let mut cfg = if arch == "gemma3" {
+        let c = crate::models::gemma3::Gemma3Config::from_gguf(g)?;
+        let layer_types: Vec<&str> = (0..c.layers)
+            .map(|i| {
+                if c.is_sliding(i) {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        let mut full = json!({"rope_type": "default", "rope_theta": c.rope_global});
+        if c.rope_global_linear != 1.0 {
+            full = json!({"rope_type": "linear", "rope_theta": c.rope_global,
+                          "factor": c.rope_global_linear});
+        }
+        json!({
+            "architectures": ["Gemma3ForCausalLM"],
+            "model_type": "gemma3_text",
+            "hidden_size": c.dims.hidden,
+            "intermediate_size": c.ffn,
+            "num_hidden_layers": c.layers,
+            "num_attention_heads": c.heads.heads,
+            "num_key_value_heads": c.heads.kv_heads,
+            "head_dim": c.heads.head_dim,
+            "rms_norm_eps": c.eps,
+            "rope_theta": c.rope_global,
+            "rope_local_base_freq": c.rope_local,
+            "rope_parameters": {
+                "full_attention": full,
+                "sliding_attention": {"rope_type": "default", "rope_theta": c.rope_local},
+            },
+            "sliding_window": c.sliding_window,
+            "sliding_window_pattern": c.sliding_pattern,
+            "layer_types": layer_types,
+            // transformers' config class types it as an integer.
+            "query_pre_attn_scalar": c.query_pre_attn_scalar.round() as u64,
+            "max_position_embeddings": c.dims.context,
+            "vocab_size": c.dims.vocab,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "final_logit_softcapping": null,
+            "attn_logit_softcapping": null,
+        })
+    } else {
+        let c = crate::models::llama::LlamaConfig::from_gguf(g, &arch)?;
+        let class = match arch.as_str() {
+            "llama" => "LlamaForCausalLM",
+            "qwen2" => "Qwen2ForCausalLM",
+            "qwen3" => "Qwen3ForCausalLM",
+            other => {
+                return Err(MlError::Unsupported(format!(
+                    "{}: no Hugging Face class for architecture '{other}'",
+                    g.path().display()
+                )))
+            }
+        };
+        if c.rope_dim != c.heads.head_dim {
+            return Err(MlError::Unsupported(format!(
+                "{}: partial rotary ({} of {} channels) has no field in the exported config",
+                g.path().display(),
+                c.rope_dim,
+                c.heads.head_dim
+            )));
+        }
+        let mut rope = json!({"rope_type": "default", "rope_theta": c.rope_theta});
+        let mut legacy_scaling = serde_json::Value::Null;
+        if c.rope_linear != 1.0 {
+            rope = json!({"rope_type": "linear", "rope_theta": c.rope_theta,
+                          "factor": c.rope_linear});
+            legacy_scaling = json!({"type": "linear", "factor": c.rope_linear});
+        }
+        json!({
+            "architectures": [class],
+            "model_type": arch,
+            "hidden_size": c.dims.hidden,
+            "intermediate_size": c.ffn,
+            "num_hidden_layers": c.layers,
+            "num_attention_heads": c.heads.heads,
+            "num_key_value_heads": c.heads.kv_heads,
+            "head_dim": c.heads.head_dim,
+            "rms_norm_eps": c.eps,
+            "rope_theta": c.rope_theta,
+            "rope_scaling": legacy_scaling,
+            "rope_parameters": rope,
+            "max_position_embeddings": c.dims.context,
+            "vocab_size": c.dims.vocab,
+            "hidden_act": "silu",
+            "attention_bias": c.qkv_bias,
+            "mlp_bias": false,
+        })
+    };
+    let obj = cfg.as_object_mut().expect("a JSON object");
+    obj.insert("tie_word_embeddings".into(), json!(tied));
+    obj.insert("bos_token_id".into(), json!(bos));
+    obj.insert("eos_token_id".into(), json!(eos));
+    obj.insert("pad_token_id".into(), json!(pad));
+    obj.insert("torch_dtype".into(), json!("float32"));
+    Ok(cfg)
+}
+
+/// Writes the folder `out_dir` (which must not exist): the GGUF `base_gguf` with the PEFT
+/// adapter in `adapter_dir` merged, as a Hugging Face model — `model.safetensors` (f32, the
+/// transformers parameter names, `llama` q/k rows back in Hugging Face order, Gemma's norm
+/// weights without the `+1` the GGUF converter folded in) and a `config.json` that
+/// `AutoModelForCausalLM.from_pretrained` loads. The tokenizer is not converted:
+/// transformers reads it from the GGUF (`AutoTokenizer.from_pretrained(dir, gguf_file=…)`).
+/// Written under a temporary name and renamed into place.
+pub fn export_merged_safetensors(
+    base_gguf: &Path,
+    adapter_dir: &Path,
+    out_dir: &Path,
+) -> Result<()> {
+    if out_dir.exists() {
+        return Err(MlError::Unsupported(format!(
+            "{}: already exists; choose a new output folder",
+            out_dir.display()
+        )));
+    }
+    let g = GgufFile::open(base_gguf)?;
+    let arch = g.architecture()?.to_string();
+    if g.has_tensor("rope_freqs.weight") {
+        return Err(MlError::Unsupported(format!(
+            "{}: Llama 3 rotary frequency factors (rope_freqs.weight) cannot be written back as \
+             a Hugging Face rope_scaling; export a GGUF instead",
+            base_gguf.display()
+        )));
+    }
+    let config = hf_config(&g)?;
+    let adapter = load_decoder_adapter(adapter_dir, &Device::Cpu)?;
+    let mut merged = merged_weights(&g, &adapter, adapter_dir)?;
+    let cpu = Device::Cpu;
+    let mut tensors: std::collections::HashMap<String, Tensor> = Default::default();
+    for name in g.tensor_names() {
+        let (base, suffix) = name.rsplit_once('.').unwrap_or((name, "weight"));
+        let hf = hf_tensor_name(&arch, base).ok_or_else(|| {
+            MlError::Unsupported(format!(
+                "{}: tensor '{name}' has no Hugging Face counterpart known to juris",
+                base_gguf.display()
+            ))
+        })?;
+        let mut w = match merged.remove(name) {
+            Some(w) => w,
+            None => g.tensor_f32(name, &cpu)?,
+        };
+        if let Some(rows) = stored_hf_rows(&g, base)? {
+            // Stored row g holds Hugging Face row rows[g]; put each back in its place.
+            let mut inverse = vec![0u32; rows.len()];
+            for (stored, &hf_row) in rows.iter().enumerate() {
+                inverse[hf_row as usize] = stored as u32;
+            }
+            let idx = Tensor::from_vec(inverse, rows.len(), &cpu)?;
+            w = w.index_select(&idx, 0)?;
+        }
+        if arch == "gemma3" && base.ends_with("_norm") {
+            // Gemma's RMSNorm multiplies by (1 + w); llama.cpp's converter stored 1 + w.
+            w = (w - 1.0)?;
+        }
+        tensors.insert(format!("{hf}.{suffix}"), w.contiguous()?);
+    }
+    let name = out_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let tmp = out_dir.with_file_name(format!("{name}.tmp-{}", std::process::id()));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| MlError::Io { path: p, source }
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let write = || -> Result<()> {
+        candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))?;
+        let text = serde_json::to_string_pretty(&config)
+            .map_err(|e| MlError::Unsupported(format!("config.json: {e}")))?;
+        std::fs::write(tmp.join("config.json"), text).map_err(io(&tmp.join("config.json")))?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out_dir).map_err(io(out_dir))
 }

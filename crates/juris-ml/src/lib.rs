@@ -36,8 +36,8 @@ pub mod tokenize;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use decoder_lora::{
-    export_merged_gguf, load_decoder_with_adapter, ExportFormat, TrainableDecoder,
-    DECODER_LORA_TARGETS,
+    export_merged_gguf, export_merged_safetensors, load_decoder_with_adapter, ExportFormat,
+    TrainableDecoder, DECODER_LORA_TARGETS,
 };
 pub use encoder::{encode_batched, DeviceChoice, Encoder, EncoderOptions, TextRole};
 pub use error::MlError;

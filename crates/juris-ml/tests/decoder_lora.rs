@@ -9,14 +9,14 @@ mod gguf_common;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::GgmlDType;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
 use gguf_common::{write_tiny, Tiny};
 use juris_ml::decoder_lora::{load_decoder_with_adapter, TrainableDecoder, DECODER_LORA_TARGETS};
 use juris_ml::gguf::GgufFile;
 use juris_ml::lora::{LoraConfig, SplitMix64};
 use juris_ml::models::decoder::load_decoder;
-use juris_ml::models::decoder_layers::WeightMode;
+use juris_ml::models::decoder_layers::{gguf_tensor_name, DecoderLinear, WeightMode};
 use juris_ml::MlError;
 
 fn tiny(dir: &Path, arch: &str, wide: bool, dtype: GgmlDType) -> PathBuf {
@@ -175,6 +175,12 @@ fn gradients_match_finite_differences_llama() {
 #[test]
 fn gradients_match_finite_differences_gemma3() {
     check_finite_differences("gemma3");
+}
+
+#[test]
+fn gradients_match_finite_differences_qwen2_and_qwen3() {
+    check_finite_differences("qwen2");
+    check_finite_differences("qwen3");
 }
 
 /// All adapter gradients of `t` for the probe loss, flattened in `named_vars` order.
@@ -463,6 +469,185 @@ fn differentiable_rope_matches_the_kernels() {
                 .to_scalar::<f32>()
                 .unwrap();
             assert!(d < 1e-5, "interleaved {interleaved} dim {dim}: {d}");
+        }
+    }
+}
+
+/// Where the export tests keep their files: `JURIS_QLORA_EXPORT_DIR` when set (for the
+/// llama.cpp check in `scripts/fixtures/qlora_fixtures.py --check-export`), else `tmp`.
+fn export_dir(tmp: &Path) -> PathBuf {
+    match std::env::var_os("JURIS_QLORA_EXPORT_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        }
+        None => tmp.to_path_buf(),
+    }
+}
+
+#[test]
+fn merged_gguf_exports_load_and_match_the_merged_model() {
+    use juris_ml::decoder_lora::{export_merged_gguf, ExportFormat};
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = export_dir(tmp.path());
+    let mut report = serde_json::Map::new();
+    for arch in ["llama", "gemma3", "qwen2", "qwen3"] {
+        // The base is Q8_0 as a QLoRA base would be; the adapter is random.
+        let path = tiny(tmp.path(), arch, true, GgmlDType::Q8_0);
+        let t = TrainableDecoder::new(&path, WeightMode::F32, config(), 2, &Device::Cpu).unwrap();
+        randomize_b(&t, 8);
+        let ad = out_dir.join(format!("tiny-{arch}-adapter"));
+        t.save_adapter(&ad).unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        let merged =
+            load_decoder_with_adapter(&g, WeightMode::F32, Some(&ad), &Device::Cpu).unwrap();
+        let want = logits_of(merged.as_ref());
+        let base = logits_of(
+            load_decoder(&g, WeightMode::F32, &Device::Cpu)
+                .unwrap()
+                .as_ref(),
+        );
+        let moved = max_abs_diff(&want, &base);
+        assert!(
+            moved > 0.1,
+            "{arch}: the adapter barely moves the logits ({moved})"
+        );
+        let mut arch_report = serde_json::Map::new();
+        arch_report.insert("base".into(), path.display().to_string().into());
+        arch_report.insert(
+            "ids".into(),
+            serde_json::json!([1, 260, 265, 262, 250, 50, 7]),
+        );
+        // Logits of row 0 of the batch (7 real tokens), merged f32 model.
+        let vocab = merged.vocab_size();
+        arch_report.insert(
+            "merged_f32_logits".into(),
+            serde_json::json!(want[..7 * vocab]),
+        );
+        for (format, tol) in [
+            (ExportFormat::F32, Some(1e-4f32)),
+            (ExportFormat::F16, Some(2e-2)),
+            (ExportFormat::Q8_0, Some(0.15)),
+            (ExportFormat::Q4_0, None),
+        ] {
+            let out = out_dir.join(format!("tiny-{arch}-merged-{}.gguf", format.name()));
+            export_merged_gguf(&path, &ad, &out, format).unwrap();
+            let e = GgufFile::open(&out).unwrap();
+            // Metadata is carried over; the file type says what the matrices are.
+            for key in ["tokenizer.ggml.tokens", "general.architecture"] {
+                assert!(e.get(key).is_some(), "{arch} {format:?}: {key} missing");
+            }
+            assert_eq!(
+                e.usize("general.file_type").unwrap() as u32,
+                format.file_type()
+            );
+            assert_eq!(
+                e.string_array("tokenizer.ggml.tokens").unwrap(),
+                g.string_array("tokenizer.ggml.tokens").unwrap()
+            );
+            assert_eq!(e.tensor_names(), g.tensor_names());
+            for name in e.tensor_names() {
+                let q = e.qtensor(name, &Device::Cpu).unwrap();
+                let want_dtype = if e.tensor_shape(name).unwrap().len() == 1 {
+                    GgmlDType::F32
+                } else if format == ExportFormat::Q4_0 && name == "token_embd.weight" {
+                    // The tied output head stays 8-bit in a Q4_0 export.
+                    GgmlDType::Q8_0
+                } else {
+                    format.ggml_dtype()
+                };
+                assert_eq!(q.dtype(), want_dtype, "{arch} {format:?} {name}");
+            }
+            // Each stored matrix is exactly the merged matrix (the file's row order) put
+            // through the format's quantizer: merge, row permutation and writing are right.
+            for p in merged.projections() {
+                let DecoderLinear::Dense { weight, .. } = p.base() else {
+                    panic!("F32 mode holds dense weights")
+                };
+                let name = format!("{}.weight", gguf_tensor_name(p.path()).unwrap());
+                let expect = QTensor::quantize(weight, format.ggml_dtype())
+                    .unwrap()
+                    .dequantize(&Device::Cpu)
+                    .unwrap();
+                let stored = e.tensor_f32(&name, &Device::Cpu).unwrap();
+                let d = (stored - expect)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(d == 0.0, "{arch} {format:?} {name}: {d}");
+            }
+            let m = load_decoder(&e, WeightMode::F32, &Device::Cpu).unwrap();
+            let got = logits_of(m.as_ref());
+            let d = max_abs_diff(&got, &want);
+            println!(
+                "{arch} {}: max |logit - merged f32| = {d:.2e} (adapter moved logits by {moved:.2})",
+                format.name()
+            );
+            // Q4_0 on a 64-wide random model moves logits by about as much as the adapter
+            // (4-bit steps of uniform random weights); its check is the exact one above.
+            if let Some(tol) = tol {
+                assert!(d < tol, "{arch} {format:?}: {d}");
+            }
+        }
+        // With an export folder kept, also the Hugging Face folder (transformers loads it
+        // in `qlora_fixtures.py --check-export`).
+        if std::env::var_os("JURIS_QLORA_EXPORT_DIR").is_some() {
+            let hf = out_dir.join(format!("tiny-{arch}-merged-hf"));
+            if hf.exists() {
+                std::fs::remove_dir_all(&hf).unwrap();
+            }
+            juris_ml::decoder_lora::export_merged_safetensors(&path, &ad, &hf).unwrap();
+        }
+        report.insert(arch.into(), serde_json::Value::Object(arch_report));
+    }
+    std::fs::write(
+        out_dir.join("tiny-juris-logits.json"),
+        serde_json::to_string(&report).unwrap(),
+    )
+    .unwrap();
+}
+
+/// `GgufGenerator::load_with_adapter` generates what the merged export generates, in both
+/// weight modes (seeded sampling, which follows the logits more closely than greedy on a
+/// random model that repeats one token; a base whose matrices are f32 so the modes agree
+/// to rounding).
+#[test]
+fn generator_with_adapter_matches_the_merged_export() {
+    use juris_ml::decoder_lora::{export_merged_gguf, ExportFormat};
+    use juris_ml::{GenerateOptions, Generator, GgufGenerator};
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "gemma3"] {
+        let path = tiny(dir.path(), arch, true, GgmlDType::F32);
+        let t = TrainableDecoder::new(&path, WeightMode::F32, config(), 6, &Device::Cpu).unwrap();
+        randomize_b(&t, 12);
+        let ad = dir.path().join(format!("gen-adapter-{arch}"));
+        t.save_adapter(&ad).unwrap();
+        let merged = dir.path().join(format!("gen-merged-{arch}.gguf"));
+        export_merged_gguf(&path, &ad, &merged, ExportFormat::F32).unwrap();
+        let opts = GenerateOptions {
+            max_tokens: 12,
+            temperature: 0.8,
+            seed: 3,
+            ..GenerateOptions::default()
+        };
+        let prompt = [1u32, 260, 265, 262];
+        let run = |g: &GgufGenerator| {
+            g.generate_ids(&prompt, &opts, &mut |_| std::ops::ControlFlow::Continue(()))
+                .unwrap()
+                .tokens
+        };
+        let want = run(&GgufGenerator::load_cpu(&merged, WeightMode::F32).unwrap());
+        let plain = run(&GgufGenerator::load_cpu(&path, WeightMode::F32).unwrap());
+        assert_ne!(want, plain, "{arch}: the adapter changes nothing");
+        for mode in [WeightMode::F32, WeightMode::Quantized] {
+            let g = GgufGenerator::load_with_adapter(&path, mode, Some(&ad), &Device::Cpu).unwrap();
+            assert!(g.name().contains("LoRA"), "{}", g.name());
+            assert_eq!(run(&g), want, "{arch} {mode:?}");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Test helper: writes tiny random GGUF decoders (llama or gemma3 layout) with a small
+//! Test helper: writes tiny random GGUF decoders (llama, gemma3, qwen2 or qwen3 layout) with a small
 //! SentencePiece vocabulary, so tests need no downloaded model.
 #![allow(dead_code)]
 
@@ -144,6 +144,15 @@ pub fn write_tiny(path: &Path, opt: &Tiny) {
         tensors.push((p("ffn_gate.weight"), rand(&[ffn, h], s + 6)));
         tensors.push((p("ffn_up.weight"), rand(&[ffn, h], s + 7)));
         tensors.push((p("ffn_down.weight"), rand(&[h, ffn], s + 8)));
+        if a == "qwen2" {
+            tensors.push((p("attn_q.bias"), rand(&[heads * hd], s + 13)));
+            tensors.push((p("attn_k.bias"), rand(&[kv * hd], s + 14)));
+            tensors.push((p("attn_v.bias"), rand(&[kv * hd], s + 15)));
+        }
+        if a == "qwen3" {
+            tensors.push((p("attn_q_norm.weight"), ones_ish(hd, s + 9)));
+            tensors.push((p("attn_k_norm.weight"), ones_ish(hd, s + 10)));
+        }
         if a == "gemma3" {
             tensors.push((p("attn_q_norm.weight"), ones_ish(hd, s + 9)));
             tensors.push((p("attn_k_norm.weight"), ones_ish(hd, s + 10)));
