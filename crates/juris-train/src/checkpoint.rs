@@ -10,11 +10,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io, Result, TrainError};
+use crate::optim::AdamW;
 
 /// Where training stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,4 +116,43 @@ pub fn load_state<S: DeserializeOwned>(
             }
         })?;
     Ok(Some((state, tensors)))
+}
+
+/// The tensors a checkpoint stores for the trainable variables `named` and their optimizer:
+/// `param.<name>`, `adam_m.<name>`, `adam_v.<name>`.
+pub fn training_tensors(named: &[(String, Var)], opt: &AdamW) -> Vec<(String, Tensor)> {
+    let mut tensors = Vec::with_capacity(named.len() * 3);
+    for (i, (name, var)) in named.iter().enumerate() {
+        tensors.push((format!("param.{name}"), var.as_tensor().clone()));
+        tensors.push((format!("adam_m.{name}"), opt.m[i].clone()));
+        tensors.push((format!("adam_v.{name}"), opt.v[i].clone()));
+    }
+    tensors
+}
+
+/// Puts the tensors of [`training_tensors`] back into `named` and `opt` (its step counter
+/// set to `adam_step`); a missing tensor is an error naming the checkpoint of `out`.
+pub fn restore_training(
+    out: &Path,
+    tensors: &HashMap<String, Tensor>,
+    named: &[(String, Var)],
+    opt: &mut AdamW,
+    adam_step: u64,
+) -> Result<()> {
+    let get = |k: String| -> Result<Tensor> {
+        tensors
+            .get(&k)
+            .cloned()
+            .ok_or_else(|| TrainError::Checkpoint {
+                path: dir(out),
+                what: format!("tensor '{k}' is missing; delete the folder to start over"),
+            })
+    };
+    for (i, (name, var)) in named.iter().enumerate() {
+        var.set(&get(format!("param.{name}"))?)?;
+        opt.m[i] = get(format!("adam_m.{name}"))?;
+        opt.v[i] = get(format!("adam_v.{name}"))?;
+    }
+    opt.step = adam_step;
+    Ok(())
 }

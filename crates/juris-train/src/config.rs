@@ -243,6 +243,15 @@ fn d_margin() -> f64 {
     0.05
 }
 
+/// Deserializes TOML `text` strictly (the structs deny unknown keys); a syntax, type or key
+/// error becomes one line naming `path`. Shared by the training configs.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
+    toml::from_str(text).map_err(|e| TrainError::Config {
+        path: path.into(),
+        what: e.to_string().trim_end().replace('\n', " | "),
+    })
+}
+
 impl TrainConfig {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Self> {
@@ -252,10 +261,7 @@ impl TrainConfig {
 
     /// Parses and checks TOML `text`; `path` names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let cfg: TrainConfig = toml::from_str(text).map_err(|e| TrainError::Config {
-            path: path.into(),
-            what: e.to_string().trim_end().replace('\n', " | "),
-        })?;
+        let cfg: TrainConfig = parse_toml(text, path)?;
         cfg.check(path)?;
         Ok(cfg)
     }

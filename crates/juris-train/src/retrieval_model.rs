@@ -7,9 +7,9 @@
 //!   training forward.
 //! * [`DecoderRetrieval`] — GGUF decoder LLMs (Gemma 3, Llama/SmolLM2, Qwen) with last-token
 //!   pooling on an appended EOS (RepLLaMA, the seed paper's retriever), the adapter living
-//!   inside the decoder's projections ([`TrainableDecoder`]). Inputs are built exactly as
-//!   `juris embed` builds them ([`DecoderEncoder`]'s prefix, BOS, truncation and EOS rules),
-//!   so a trained adapter embeds the same way at search time.
+//!   inside the decoder's projections ([`TrainableDecoder`]). Inputs are built by the same
+//!   functions `juris embed` uses ([`pooling_input_ids`], [`right_padded`]), so a trained
+//!   adapter embeds the same way at search time.
 
 use std::path::Path;
 
@@ -17,6 +17,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use juris_ml::decoder_lora::TrainableDecoder;
 use juris_ml::lora::{LoraConfig, LoraTrain};
 use juris_ml::models::bert::BertEncoder;
+use juris_ml::models::decoder::{pooling_input_ids, pooling_token_count, right_padded};
 use juris_ml::models::decoder_layers::WeightMode;
 use juris_ml::TextRole;
 
@@ -98,15 +99,6 @@ pub struct DecoderRetrieval {
     pad: u32,
 }
 
-/// The role prefixes of [`juris_ml::models::decoder::DecoderEncoder`] (kept equal so that
-/// training and `juris embed` feed the same tokens).
-fn prefix(role: TextRole) -> &'static str {
-    match role {
-        TextRole::Query => "query: ",
-        TextRole::Passage => "passage: ",
-    }
-}
-
 impl DecoderRetrieval {
     /// Loads `gguf` with f32 (dequantized) base weights and a fresh adapter from `config`
     /// seeded by `seed`.
@@ -144,20 +136,6 @@ impl DecoderRetrieval {
     pub fn decoder(&self) -> &TrainableDecoder {
         &self.dec
     }
-
-    /// Token ids of `text`: prefix + text with the file's BOS, truncated to `max_len - 1`,
-    /// then EOS (the pooled position).
-    fn input_ids(&self, text: &str, role: TextRole, max_len: usize) -> Result<Vec<u32>> {
-        let tok = self.dec.tokenizer();
-        let mut ids = tok.encode(&format!("{}{text}", prefix(role)), true)?;
-        if tok.adds_eos() && ids.last() == Some(&self.eos) {
-            ids.pop();
-        }
-        let max_len = max_len.min(self.dec.model().context_length()).max(3);
-        ids.truncate(max_len - 1);
-        ids.push(self.eos);
-        Ok(ids)
-    }
 }
 
 impl RetrievalModel for DecoderRetrieval {
@@ -171,27 +149,16 @@ impl RetrievalModel for DecoderRetrieval {
         self.dec.model().device()
     }
     fn token_count(&self, text: &str, role: TextRole) -> Result<usize> {
-        let tok = self.dec.tokenizer();
-        let n = tok.encode(&format!("{}{text}", prefix(role)), true)?.len();
-        Ok(if tok.adds_eos() { n } else { n + 1 })
+        Ok(pooling_token_count(self.dec.tokenizer(), text, role)?)
     }
     fn embed_train(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Tensor> {
+        // Room for at least one text token besides EOS (and BOS), as DecoderEncoder keeps.
+        let max_len = max_len.min(self.dec.model().context_length()).max(3);
         let rows = texts
             .iter()
-            .map(|t| self.input_ids(t, role, max_len))
-            .collect::<Result<Vec<_>>>()?;
-        let width = rows.iter().map(Vec::len).max().unwrap_or(1).max(1);
-        let mut ids = Vec::with_capacity(rows.len() * width);
-        let mut mask = Vec::with_capacity(rows.len() * width);
-        for r in &rows {
-            ids.extend_from_slice(r);
-            ids.extend(std::iter::repeat_n(self.pad, width - r.len()));
-            mask.extend(std::iter::repeat_n(1u32, r.len()));
-            mask.extend(std::iter::repeat_n(0u32, width - r.len()));
-        }
-        let dev = self.device();
-        let ids = Tensor::from_vec(ids, (rows.len(), width), dev)?;
-        let mask = Tensor::from_vec(mask, (rows.len(), width), dev)?;
+            .map(|t| pooling_input_ids(self.dec.tokenizer(), self.eos, t, role, max_len))
+            .collect::<juris_ml::error::Result<Vec<_>>>()?;
+        let (ids, mask) = right_padded(&rows, self.pad, self.device())?;
         let hidden = self.dec.model().forward_hidden(&ids, &mask)?;
         // Gather each row's EOS state (right padding: position len - 1).
         let last: Vec<Tensor> = rows

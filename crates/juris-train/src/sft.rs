@@ -208,21 +208,7 @@ pub fn train_sft(
                         .into(),
                 });
             }
-            let get = |k: String| -> Result<Tensor> {
-                tensors
-                    .get(&k)
-                    .cloned()
-                    .ok_or_else(|| TrainError::Checkpoint {
-                        path: checkpoint::dir(&out),
-                        what: format!("tensor '{k}' is missing; delete the folder to start over"),
-                    })
-            };
-            for (i, (name, var)) in named.iter().enumerate() {
-                var.set(&get(format!("param.{name}"))?)?;
-                opt.m[i] = get(format!("adam_m.{name}"))?;
-                opt.v[i] = get(format!("adam_v.{name}"))?;
-            }
-            opt.step = st.adam_step;
+            checkpoint::restore_training(&out, &tensors, &named, &mut opt, st.adam_step)?;
             report::truncate_after(&metrics_path, st.global_step)?;
             note(&format!(
                 "resuming from the checkpoint at step {} (epoch {})",
@@ -258,12 +244,7 @@ pub fn train_sft(
         }
     };
     let save_ckpt = |state: &SftState, opt: &AdamW| -> Result<()> {
-        let mut tensors = Vec::with_capacity(named.len() * 3);
-        for (i, (name, var)) in named.iter().enumerate() {
-            tensors.push((format!("param.{name}"), var.as_tensor().clone()));
-            tensors.push((format!("adam_m.{name}"), opt.m[i].clone()));
-            tensors.push((format!("adam_v.{name}"), opt.v[i].clone()));
-        }
+        let tensors = checkpoint::training_tensors(&named, opt);
         checkpoint::save_state(&out, state, &tensors)
     };
     let best_dir = out.join("best");

@@ -260,10 +260,7 @@ impl SftConfig {
 
     /// Parses and checks TOML `text`; `path` names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let cfg: SftConfig = toml::from_str(text).map_err(|e| TrainError::Config {
-            path: path.into(),
-            what: e.to_string().trim_end().replace('\n', " | "),
-        })?;
+        let cfg: SftConfig = crate::config::parse_toml(text, path)?;
         cfg.check(path)?;
         Ok(cfg)
     }

@@ -131,9 +131,58 @@ pub struct DecoderEncoder {
     eos: u32,
     pad: u32,
     max_len: usize,
-    query_prefix: String,
-    passage_prefix: String,
     fingerprint: String,
+}
+
+/// The role prefix last-token pooling puts before a text.
+pub fn pooling_prefix(role: TextRole) -> &'static str {
+    match role {
+        TextRole::Query => "query: ",
+        TextRole::Passage => "passage: ",
+    }
+}
+
+/// Token ids last-token pooling feeds for `text`: prefix + text with the file's BOS,
+/// truncated to `max_len - 1`, then `eos` (the pooled position).
+pub fn pooling_input_ids(
+    tokenizer: &GgufTokenizer,
+    eos: u32,
+    text: &str,
+    role: TextRole,
+    max_len: usize,
+) -> Result<Vec<u32>> {
+    let mut ids = tokenizer.encode(&format!("{}{text}", pooling_prefix(role)), true)?;
+    if tokenizer.adds_eos() && ids.last() == Some(&eos) {
+        ids.pop();
+    }
+    ids.truncate(max_len.saturating_sub(1));
+    ids.push(eos);
+    Ok(ids)
+}
+
+/// Tokens `text` becomes before truncation, the appended EOS included.
+pub fn pooling_token_count(tokenizer: &GgufTokenizer, text: &str, role: TextRole) -> Result<usize> {
+    let n = tokenizer
+        .encode(&format!("{}{text}", pooling_prefix(role)), true)?
+        .len();
+    Ok(if tokenizer.adds_eos() { n } else { n + 1 })
+}
+
+/// Rows right-padded with `pad` into ids and attention-mask tensors `[rows, width]`.
+pub fn right_padded(rows: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Tensor)> {
+    let width = rows.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut mask = Vec::with_capacity(rows.len() * width);
+    for r in rows {
+        ids.extend_from_slice(r);
+        ids.extend(std::iter::repeat_n(pad, width - r.len()));
+        mask.extend(std::iter::repeat_n(1u32, r.len()));
+        mask.extend(std::iter::repeat_n(0u32, width - r.len()));
+    }
+    Ok((
+        Tensor::from_vec(ids, (rows.len(), width), device)?,
+        Tensor::from_vec(mask, (rows.len(), width), device)?,
+    ))
 }
 
 impl DecoderEncoder {
@@ -162,7 +211,10 @@ impl DecoderEncoder {
         // Room for at least one text token besides EOS (and BOS).
         let max_len = max_len.min(model.context_length()).max(3);
         let pad = tokenizer.pad_id().unwrap_or(eos);
-        let (query_prefix, passage_prefix) = ("query: ".to_string(), "passage: ".to_string());
+        let (query_prefix, passage_prefix) = (
+            pooling_prefix(TextRole::Query),
+            pooling_prefix(TextRole::Passage),
+        );
         let fingerprint = format!(
             "gguf-decoder/v1 sha256(size,first MiB,last MiB)={digest} arch={} pooling=last-token+eos prefixes={query_prefix:?}|{passage_prefix:?} max_len={max_len} weights={mode:?}",
             model.architecture()
@@ -174,8 +226,6 @@ impl DecoderEncoder {
             eos,
             pad,
             max_len,
-            query_prefix,
-            passage_prefix,
             fingerprint,
         })
     }
@@ -190,25 +240,10 @@ impl DecoderEncoder {
         &self.tokenizer
     }
 
-    fn prefix(&self, role: TextRole) -> &str {
-        match role {
-            TextRole::Query => &self.query_prefix,
-            TextRole::Passage => &self.passage_prefix,
-        }
-    }
-
     /// Token ids the encoder feeds for `text`: prefix + text with the file's BOS,
     /// truncated to `max_len - 1`, then EOS.
     pub fn input_ids(&self, text: &str, role: TextRole) -> Result<Vec<u32>> {
-        let mut ids = self
-            .tokenizer
-            .encode(&format!("{}{text}", self.prefix(role)), true)?;
-        if self.tokenizer.adds_eos() && ids.last() == Some(&self.eos) {
-            ids.pop();
-        }
-        ids.truncate(self.max_len - 1);
-        ids.push(self.eos);
-        Ok(ids)
+        pooling_input_ids(&self.tokenizer, self.eos, text, role, self.max_len)
     }
 
     /// Embeds pre-tokenized rows (each ending with the pooled token) in one padded pass.
@@ -217,18 +252,7 @@ impl DecoderEncoder {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let width = rows.iter().map(Vec::len).max().unwrap_or(1).max(1);
-        let mut ids = Vec::with_capacity(rows.len() * width);
-        let mut mask = Vec::with_capacity(rows.len() * width);
-        for r in rows {
-            ids.extend_from_slice(r);
-            ids.extend(std::iter::repeat_n(self.pad, width - r.len()));
-            mask.extend(std::iter::repeat_n(1u32, r.len()));
-            mask.extend(std::iter::repeat_n(0u32, width - r.len()));
-        }
-        let dev = self.model.device();
-        let ids = Tensor::from_vec(ids, (rows.len(), width), dev)?;
-        let mask = Tensor::from_vec(mask, (rows.len(), width), dev)?;
+        let (ids, mask) = right_padded(rows, self.pad, self.model.device())?;
         let hidden = self.model.forward_hidden(&ids, &mask)?;
         let mut out = Vec::with_capacity(rows.len() * dim);
         for (i, r) in rows.iter().enumerate() {
@@ -255,11 +279,7 @@ impl Encoder for DecoderEncoder {
         self.fingerprint.clone()
     }
     fn token_count(&self, text: &str, role: TextRole) -> Result<usize> {
-        let n = self
-            .tokenizer
-            .encode(&format!("{}{text}", self.prefix(role)), true)?
-            .len();
-        Ok(if self.tokenizer.adds_eos() { n } else { n + 1 })
+        pooling_token_count(&self.tokenizer, text, role)
     }
     fn encode(&self, texts: &[&str], role: TextRole) -> Result<Vec<f32>> {
         let rows = texts

@@ -1157,3 +1157,26 @@ impl GatedMlp {
         self.down.forward(&(g * self.up.forward(x)?)?)
     }
 }
+
+/// Every block's projections in module order (attention q, k, v, o, then MLP), for models
+/// whose blocks are a [`SelfAttention`] and a [`GatedMlp`].
+pub fn block_projections<'a>(
+    blocks: impl Iterator<Item = (&'a SelfAttention, &'a GatedMlp)>,
+) -> Vec<&'a Projection> {
+    blocks
+        .flat_map(|(attn, mlp)| attn.projections().into_iter().chain(mlp.projections()))
+        .collect()
+}
+
+/// [`block_projections`], mutable.
+pub fn block_projections_mut<'a>(
+    blocks: impl Iterator<Item = (&'a mut SelfAttention, &'a mut GatedMlp)>,
+) -> Vec<&'a mut Projection> {
+    blocks
+        .flat_map(|(attn, mlp)| {
+            attn.projections_mut()
+                .into_iter()
+                .chain(mlp.projections_mut())
+        })
+        .collect()
+}

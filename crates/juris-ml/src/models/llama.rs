@@ -11,9 +11,9 @@ use candle_core::{Device, Tensor};
 
 use super::decoder::DecoderLm;
 use super::decoder_layers::{
-    linear_rope_scaling, step_inputs, vocab_size, BatchMasks, DecoderDims, GateActivation,
-    GatedMlp, HeadShape, KvCache, OutputHead, Projection, RmsNorm, Rope, SelfAttention,
-    TokenEmbedding, WeightMode,
+    block_projections, block_projections_mut, linear_rope_scaling, step_inputs, vocab_size,
+    BatchMasks, DecoderDims, GateActivation, GatedMlp, HeadShape, KvCache, OutputHead, Projection,
+    RmsNorm, Rope, SelfAttention, TokenEmbedding, WeightMode,
 };
 use crate::error::Result;
 use crate::gguf::GgufFile;
@@ -189,21 +189,11 @@ impl DecoderLm for LlamaModel {
     }
 
     fn projections(&self) -> Vec<&Projection> {
-        let mut out = Vec::with_capacity(self.blocks.len() * 7);
-        for b in &self.blocks {
-            out.extend(b.attn.projections());
-            out.extend(b.mlp.projections());
-        }
-        out
+        block_projections(self.blocks.iter().map(|b| (&b.attn, &b.mlp)))
     }
 
     fn projections_mut(&mut self) -> Vec<&mut Projection> {
-        let mut out = Vec::with_capacity(self.blocks.len() * 7);
-        for b in &mut self.blocks {
-            out.extend(b.attn.projections_mut());
-            out.extend(b.mlp.projections_mut());
-        }
-        out
+        block_projections_mut(self.blocks.iter_mut().map(|b| (&mut b.attn, &mut b.mlp)))
     }
 
     fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
