@@ -35,10 +35,14 @@ for job in "$@"; do
       idx=$W/idx/coliee_en
       [ -d "$idx" ] || "$J" -q index --corpus "$D/$ds/corpus.jsonl" --out "$idx" --lang en --analyzer-en en-snowball
       timeout "${TRAIN_TIMEOUT:-330}" "$J" train generator --config "$(gpu_config $name)" --device cuda 2>&1 | grep -v "^\s*$" | tail -15
-      echo "$job: training took $(( $(date +%s) - t0 )) s"
+      rc=${PIPESTATUS[0]}
+      echo "$job: training took $(( $(date +%s) - t0 )) s (exit $rc)"
       run=$W/runs/sft_$name
       cp "$run/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null; cp "$run"/*.svg "$OUT/" 2>/dev/null
       tar cf "$OUT/$name.adapter.tar" -C "$run" best adapter 2>/dev/null
+      # A run cut by the timeout resumes from its checkpoint when this script runs again;
+      # evaluate only finished runs unless EVAL_UNFINISHED=1 (then with best/ as it stands).
+      if [ "$rc" != 0 ] && [ -z "${EVAL_UNFINISHED:-}" ]; then echo "$job: not finished; run again to resume"; continue; fi
       q=(--index "$idx" --queries "$D/$ds/queries.jsonl" --qrels "$D/$ds/qrels/dev.tsv" --device cuda --no-stats)
       for arts in gold retrieved; do
         for v in base adapter; do
@@ -64,10 +68,14 @@ for job in "$@"; do
       idx=$W/idx/jordan
       [ -d "$idx" ] || "$J" -q index --corpus "$D/$ds/corpus.jsonl" --out "$idx" --lang ar --analyzer-ar ar-snowball
       timeout "${TRAIN_TIMEOUT:-330}" "$J" train generator --config "$(gpu_config $name)" --device cuda 2>&1 | grep -v "^\s*$" | tail -15
-      echo "$job: training took $(( $(date +%s) - t0 )) s"
+      rc=${PIPESTATUS[0]}
+      echo "$job: training took $(( $(date +%s) - t0 )) s (exit $rc)"
       run=$W/runs/sft_$name
       cp "$run/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null; cp "$run"/*.svg "$OUT/" 2>/dev/null
       tar cf "$OUT/$name.adapter.tar" -C "$run" best adapter 2>/dev/null
+      # A run cut by the timeout resumes from its checkpoint when this script runs again;
+      # evaluate only finished runs unless EVAL_UNFINISHED=1 (then with best/ as it stands).
+      if [ "$rc" != 0 ] && [ -z "${EVAL_UNFINISHED:-}" ]; then echo "$job: not finished; run again to resume"; continue; fi
       q=(--index "$idx" --queries "$D/$ds/queries.jsonl" --qrels "$D/$ds/qrels/dev.tsv" --device cuda --no-stats --limit "$LIMIT" --max-tokens 96)
       for v in base adapter; do
         extra=(); [ $v = adapter ] && extra=(--adapter "$run/best")
