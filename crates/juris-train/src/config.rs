@@ -56,6 +56,11 @@ pub struct LoraSection {
     /// Modules adapted (PEFT suffix rule).
     #[serde(default = "d_targets")]
     pub target_modules: Vec<String>,
+    /// Start from this adapter (a PEFT folder, e.g. `bench/adapters/<run>/phase1`) instead of
+    /// a fresh one, so that a run of only phase 2 can continue a phase-1 adapter trained
+    /// elsewhere. Its r, alpha and target modules must equal the ones above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 impl Default for LoraSection {
@@ -65,6 +70,7 @@ impl Default for LoraSection {
             alpha: d_alpha(),
             dropout: 0.0,
             target_modules: d_targets(),
+            init: None,
         }
     }
 }

@@ -13,7 +13,7 @@
 //! resumed from a checkpoint takes exactly the steps an uninterrupted run takes.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use juris_eval::{evaluate, Metric, MissingPolicy, Run};
@@ -96,12 +96,23 @@ pub fn train(
     let path = juris_ml::presets::resolve_model(&cfg.model.path)?;
     if juris_ml::presets::detect_format(&path)? == juris_ml::presets::ModelFormat::Gguf {
         let device = juris_ml::nn::device_for(opts.device)?;
-        let model = DecoderRetrieval::new(
-            &path,
-            lora_config(cfg),
-            mix(&[cfg.train.seed, SALT_INIT]),
-            &device,
-        )?;
+        let model = match &cfg.lora.init {
+            Some(dir) => {
+                check_init(
+                    cfg,
+                    &juris_ml::decoder_lora::load_decoder_adapter(dir, &device)?.config,
+                    dir,
+                )?;
+                note(&format!("starting from the adapter in {}", dir.display()));
+                DecoderRetrieval::from_adapter(&path, dir, &device)?
+            }
+            None => DecoderRetrieval::new(
+                &path,
+                lora_config(cfg),
+                mix(&[cfg.train.seed, SALT_INIT]),
+                &device,
+            )?,
+        };
         return train_model(cfg, &model, opts, progress, note);
     }
     let enc_opts = EncoderOptions {
@@ -136,14 +147,63 @@ pub fn train_with(
 ) -> Result<TrainOutcome> {
     let lora_cfg = lora_config(cfg);
     let modules = BertRetrieval::modules(enc, &lora_cfg, &cfg.model.path)?;
-    let lora = LoraTrain::init(
-        lora_cfg,
-        &modules,
-        mix(&[cfg.train.seed, SALT_INIT]),
-        DType::F32,
-        enc.model().device(),
-    )?;
+    let lora = match &cfg.lora.init {
+        Some(dir) => {
+            let adapter = LoraAdapter::load(dir, enc.model().device())?;
+            check_init(cfg, &adapter.config, dir)?;
+            let mut expected: Vec<&String> = modules.iter().map(|(p, _, _)| p).collect();
+            expected.sort();
+            let found: Vec<&String> = adapter.modules.keys().collect();
+            if expected != found {
+                return Err(TrainError::Data(format!(
+                    "lora.init {}: the adapter covers {} modules, the model's targets are {} \
+                     (another model's adapter?)",
+                    dir.display(),
+                    found.len(),
+                    expected.len()
+                )));
+            }
+            note(&format!("starting from the adapter in {}", dir.display()));
+            LoraTrain::from_adapter(&adapter, DType::F32)?
+        }
+        None => LoraTrain::init(
+            lora_cfg,
+            &modules,
+            mix(&[cfg.train.seed, SALT_INIT]),
+            DType::F32,
+            enc.model().device(),
+        )?,
+    };
     train_model(cfg, &BertRetrieval { enc, lora }, opts, progress, note)
+}
+
+/// `[lora] init` must hold the adapter `[lora]` describes: the same rank, scale, dropout and
+/// target modules (the loaded adapter brings its own config into training).
+fn check_init(cfg: &TrainConfig, found: &LoraConfig, dir: &Path) -> Result<()> {
+    let want = lora_config(cfg);
+    let (mut a, mut b) = (want.target_modules.clone(), found.target_modules.clone());
+    a.sort();
+    b.sort();
+    if want.r != found.r
+        || (want.lora_alpha - found.lora_alpha).abs() > 1e-9
+        || (want.lora_dropout - found.lora_dropout).abs() > 1e-9
+        || a != b
+    {
+        return Err(TrainError::Data(format!(
+            "lora.init {}: the adapter has r {}, alpha {}, dropout {}, target_modules {:?}; \
+             [lora] says r {}, alpha {}, dropout {}, target_modules {:?}",
+            dir.display(),
+            found.r,
+            found.lora_alpha,
+            found.lora_dropout,
+            found.target_modules,
+            want.r,
+            want.lora_alpha,
+            want.lora_dropout,
+            want.target_modules
+        )));
+    }
+    Ok(())
 }
 
 /// The training loop over any [`RetrievalModel`] (its adapter freshly initialized).

@@ -287,3 +287,57 @@ fn decoder_retriever_trains_and_embeds_as_search_does() {
         }
     }
 }
+
+#[test]
+fn lora_init_continues_a_saved_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let enc = encoder();
+    let first = tmp.path().join("first");
+    let a = train_with(
+        &config(&data, &first, 1, false),
+        &enc,
+        &TrainOptions::default(),
+        &NoProgress,
+        &|_| {},
+    )
+    .unwrap();
+
+    // A second run that starts from the first one's adapter evaluates, before its first
+    // step, exactly what the first run measured at its end.
+    let second = tmp.path().join("second");
+    let mut cfg = config(&data, &second, 1, false);
+    cfg.lora.init = Some(first.join("adapter"));
+    let notes = std::cell::RefCell::new(Vec::new());
+    let b = train_with(&cfg, &enc, &TrainOptions::default(), &NoProgress, &|n| {
+        notes.borrow_mut().push(n.to_string())
+    })
+    .unwrap();
+    assert!(notes
+        .borrow()
+        .iter()
+        .any(|n| n.starts_with("starting from the adapter")));
+    assert_eq!(b.zero_shot, a.final_dev);
+    assert_ne!(b.zero_shot, a.zero_shot);
+    assert!(b.finished && b.steps == 3);
+
+    // An adapter of another shape is refused, naming the folder and both ranks.
+    let mut other = config(&data, &tmp.path().join("third"), 1, false);
+    other.lora.r = 8;
+    other.lora.init = Some(first.join("adapter"));
+    let e = train_with(&other, &enc, &TrainOptions::default(), &NoProgress, &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("lora.init") && e.contains("has r 4") && e.contains("says r 8"),
+        "{e}"
+    );
+    let missing = tmp.path().join("nowhere");
+    other.lora.r = 4;
+    other.lora.init = Some(missing.clone());
+    let e = train_with(&other, &enc, &TrainOptions::default(), &NoProgress, &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("adapter_config.json"), "{e}");
+}
