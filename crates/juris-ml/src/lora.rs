@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -409,6 +410,11 @@ pub struct LoraTrain {
     /// Module path → (`A`, `B`).
     pub vars: BTreeMap<String, (Var, Var)>,
     dropout_rng: Mutex<Option<SplitMix64>>,
+    /// Off while evaluating: the adapters then enter the forward pass as plain tensors, so
+    /// candle records no graph and frees each activation as soon as it is used (with a
+    /// graph, a whole evaluation batch's activations stay alive until its output is
+    /// dropped: ~20 GB for 128 passages of 128 tokens through e5-small).
+    recording: AtomicBool,
 }
 
 impl LoraTrain {
@@ -436,6 +442,7 @@ impl LoraTrain {
             config,
             vars,
             dropout_rng: Mutex::new(None),
+            recording: AtomicBool::new(true),
         })
     }
 
@@ -455,7 +462,28 @@ impl LoraTrain {
             config: adapter.config.clone(),
             vars,
             dropout_rng: Mutex::new(None),
+            recording: AtomicBool::new(true),
         })
+    }
+
+    /// Whether the forward pass records a graph through the adapters (on by default); see
+    /// [`LoraTrain::without_graph`].
+    pub fn set_recording(&self, on: bool) {
+        self.recording.store(on, Ordering::SeqCst);
+    }
+
+    /// Runs `f` with graph recording off (evaluation, mining), then turns it back on, also
+    /// when `f` fails.
+    pub fn without_graph<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Restore<'a>(&'a LoraTrain);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.set_recording(true);
+            }
+        }
+        self.set_recording(false);
+        let _restore = Restore(self);
+        f()
     }
 
     /// Turns dropout on with masks drawn from `seed` (call once per step, so that a resumed
@@ -537,11 +565,16 @@ impl LoraTrain {
                 x2 = (x2 * mask)?;
             }
         }
-        let b = match b_rows {
-            Some(r) => b.as_tensor().index_select(r, 0)?,
-            None => b.as_tensor().clone(),
+        let (a, b) = if self.recording.load(Ordering::SeqCst) {
+            (a.as_tensor().clone(), b.as_tensor().clone())
+        } else {
+            (a.as_tensor().detach(), b.as_tensor().detach())
         };
-        let low = x2.matmul(&a.as_tensor().t()?)?.matmul(&b.t()?)?;
+        let b = match b_rows {
+            Some(r) => b.index_select(r, 0)?,
+            None => b,
+        };
+        let low = x2.matmul(&a.t()?)?.matmul(&b.t()?)?;
         let low = (low * self.config.scale())?;
         let low = low.reshape(base_out.shape())?;
         Ok((base_out + low)?)

@@ -636,19 +636,21 @@ fn encode_all(
         Some(texts.len() as u64),
     );
     model.lora().set_dropout_seed(None);
-    for chunk in order.chunks(cfg.train.eval_batch_size.max(1)) {
-        let batch: Vec<&str> = chunk.iter().map(|&(_, i)| texts[i].as_str()).collect();
-        let v: Vec<f32> = model
-            .embed_train(&batch, role, max_len)?
-            .detach()
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        for (row, &(_, i)) in chunk.iter().enumerate() {
-            out[i * h..(i + 1) * h].copy_from_slice(&v[row * h..(row + 1) * h]);
+    model.lora().without_graph(|| -> Result<()> {
+        for chunk in order.chunks(cfg.train.eval_batch_size.max(1)) {
+            let batch: Vec<&str> = chunk.iter().map(|&(_, i)| texts[i].as_str()).collect();
+            let v: Vec<f32> = model
+                .embed_train(&batch, role, max_len)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            for (row, &(_, i)) in chunk.iter().enumerate() {
+                out[i * h..(i + 1) * h].copy_from_slice(&v[row * h..(row + 1) * h]);
+            }
+            progress.inc(chunk.len() as u64);
         }
-        progress.inc(chunk.len() as u64);
-    }
+        Ok(())
+    })?;
     progress.finish();
     Ok(out)
 }
