@@ -36,6 +36,10 @@ pub trait RetrievalModel {
     /// L2-normalized embeddings `[texts, hidden]`, differentiable with respect to the
     /// adapter's variables; texts are truncated to `max_len` tokens.
     fn embed_train(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Tensor>;
+    /// The token count of each text as [`RetrievalModel::embed_train`] feeds it to the model
+    /// (special tokens included, truncated to `max_len`, padding excluded); for throughput
+    /// records.
+    fn train_lengths(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Vec<usize>>;
 }
 
 /// A BERT-family encoder and the adapter trained on it.
@@ -90,6 +94,9 @@ impl RetrievalModel for BertRetrieval<'_> {
             .enc
             .embed_train(texts, role, max_len, Some(&self.lora))?)
     }
+    fn train_lengths(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Vec<usize>> {
+        Ok(self.enc.batch_ids(texts, role, max_len)?.1)
+    }
 }
 
 /// A GGUF decoder with last-token (EOS) pooling and the adapter inside it.
@@ -136,6 +143,16 @@ impl DecoderRetrieval {
     pub fn decoder(&self) -> &TrainableDecoder {
         &self.dec
     }
+
+    /// The input ids of `texts` for training, unpadded.
+    fn rows(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Vec<Vec<u32>>> {
+        // Room for at least one text token besides EOS (and BOS), as DecoderEncoder keeps.
+        let max_len = max_len.min(self.dec.model().context_length()).max(3);
+        Ok(texts
+            .iter()
+            .map(|t| pooling_input_ids(self.dec.tokenizer(), self.eos, t, role, max_len))
+            .collect::<juris_ml::error::Result<Vec<_>>>()?)
+    }
 }
 
 impl RetrievalModel for DecoderRetrieval {
@@ -152,12 +169,7 @@ impl RetrievalModel for DecoderRetrieval {
         Ok(pooling_token_count(self.dec.tokenizer(), text, role)?)
     }
     fn embed_train(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Tensor> {
-        // Room for at least one text token besides EOS (and BOS), as DecoderEncoder keeps.
-        let max_len = max_len.min(self.dec.model().context_length()).max(3);
-        let rows = texts
-            .iter()
-            .map(|t| pooling_input_ids(self.dec.tokenizer(), self.eos, t, role, max_len))
-            .collect::<juris_ml::error::Result<Vec<_>>>()?;
+        let rows = self.rows(texts, role, max_len)?;
         let (ids, mask) = right_padded(&rows, self.pad, self.device())?;
         let hidden = self.dec.model().forward_hidden(&ids, &mask)?;
         // Gather each row's EOS state (right padding: position len - 1).
@@ -173,5 +185,12 @@ impl RetrievalModel for DecoderRetrieval {
             .sqrt()?
             .clamp(1e-12, f64::MAX)?;
         Ok(pooled.broadcast_div(&norm)?)
+    }
+    fn train_lengths(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Vec<usize>> {
+        Ok(self
+            .rows(texts, role, max_len)?
+            .iter()
+            .map(Vec::len)
+            .collect())
     }
 }

@@ -8,12 +8,20 @@
 //!   BM25 negatives came from;
 //! * `checkpoint/` — what a resume needs; `metrics.jsonl`, `metrics.svg` — the record.
 //!
+//! Each logged step also records throughput counters ([`Throughput`]): seconds spent in
+//! optimizer steps alone (`train_s`; batch building, tokenization, forward, backward,
+//! clipping and the update, the device synchronized at the end of each step; no evaluation,
+//! mining, logging or checkpoints) and the queries (`samples`), texts, non-pad tokens and
+//! padded token slots those steps processed, all cumulative since the process started (a
+//! resumed run counts from its resume).
+//!
 //! Everything random (adapter init, data order, positive and negative sampling, dropout) is
 //! drawn from generators seeded by the config's seed and the position in training, so a run
 //! resumed from a checkpoint takes exactly the steps an uninterrupted run takes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use juris_eval::{evaluate, Metric, MissingPolicy, Run};
@@ -56,6 +64,62 @@ pub struct TrainOutcome {
     pub zero_shot: Option<Vec<(String, f64)>>,
     /// Dev metrics of the final adapter.
     pub final_dev: Option<Vec<(String, f64)>>,
+    /// Work and time of the optimizer steps this call took.
+    pub throughput: Throughput,
+}
+
+/// Optimizer steps taken in this process and what they processed, with the seconds spent in
+/// them alone (see the module docs); cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Throughput {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Seconds inside those steps (device synchronized at each step's end).
+    pub train_s: f64,
+    /// Queries (training examples).
+    pub samples: u64,
+    /// Texts embedded: queries, positives and negatives.
+    pub texts: u64,
+    /// Tokens of those texts after truncation, special tokens included, padding excluded.
+    pub tokens: u64,
+    /// Token slots the forward passes computed: rows × padded width, summed.
+    pub padded_tokens: u64,
+}
+
+impl Throughput {
+    /// Adds one forward pass's texts by their token counts.
+    fn add_forward(&mut self, lengths: &[usize]) {
+        self.texts += lengths.len() as u64;
+        self.tokens += lengths.iter().sum::<usize>() as u64;
+        self.padded_tokens += (lengths.len() * lengths.iter().copied().max().unwrap_or(0)) as u64;
+    }
+
+    /// The counters as fields of a metrics record.
+    fn record(&self) -> serde_json::Value {
+        json!({"train_s": self.train_s, "samples": self.samples, "texts": self.texts,
+               "tokens": self.tokens, "padded_tokens": self.padded_tokens})
+    }
+
+    /// One line: steps, seconds, samples/s, texts/s, tokens/s.
+    pub fn summary(&self) -> String {
+        let rate = |n: u64| {
+            if self.train_s > 0.0 {
+                n as f64 / self.train_s
+            } else {
+                0.0
+            }
+        };
+        format!(
+            "training throughput: {} steps in {:.2}s of optimizer steps (no evaluation, mining \
+             or checkpoints): {:.1} samples/s, {:.1} texts/s, {:.0} tokens/s ({:.0} with padding)",
+            self.steps,
+            self.train_s,
+            rate(self.samples),
+            rate(self.texts),
+            rate(self.tokens),
+            rate(self.padded_tokens)
+        )
+    }
 }
 
 /// Dev metrics reported after every epoch.
@@ -299,6 +363,8 @@ pub fn train_model(
     let per_step = t.batch_size * t.grad_accum;
     let steps_per_epoch = n_queries.div_ceil(per_step) as u64;
     let mut stopped_by_max = false;
+    let mut thr = Throughput::default();
+    let qmax = cfg.model.query_max_len.unwrap_or(cfg.model.max_len);
 
     'phases: while state.phase < cfg.phases.len() && !state.done {
         let pi = state.phase;
@@ -322,6 +388,8 @@ pub fn train_model(
                 let s = state.step_in_epoch as usize;
                 let chunk = &order[s * per_step..((s + 1) * per_step).min(n_queries)];
                 let micro: Vec<&[usize]> = chunk.chunks(t.batch_size).collect();
+                let step_start = Instant::now();
+                let mut step_texts = Vec::with_capacity(micro.len());
                 let mut acc: Option<Vec<Tensor>> = None;
                 let mut loss_sum = 0f64;
                 for (mi, idx) in micro.iter().enumerate() {
@@ -331,7 +399,7 @@ pub fn train_model(
                         state.global_step,
                         mi as u64,
                     ])));
-                    let loss = batch_loss(
+                    let (loss, q_texts, d_texts) = batch_loss(
                         model,
                         &ds,
                         &train_split,
@@ -341,6 +409,7 @@ pub fn train_model(
                         cfg,
                         &[t.seed, SALT_SAMPLE, pi as u64, epoch as u64],
                     )?;
+                    step_texts.push((q_texts, d_texts));
                     loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     let grads = (loss / micro.len() as f64)?.backward()?;
                     let g: Vec<Tensor> = vars
@@ -364,6 +433,19 @@ pub fn train_model(
                 let grad_norm = clip_grad_norm(&mut grads, t.max_grad_norm)?;
                 let lr = lr_at(state.phase_step, total, warmup, peak);
                 opt.update(&vars, &grads, lr)?;
+                device.synchronize()?;
+                thr.train_s += step_start.elapsed().as_secs_f64();
+                // Counted after the clock stopped (a second tokenization).
+                thr.steps += 1;
+                for (q_texts, d_texts) in &step_texts {
+                    thr.samples += q_texts.len() as u64;
+                    thr.add_forward(&model.train_lengths(q_texts, TextRole::Query, qmax)?);
+                    thr.add_forward(&model.train_lengths(
+                        d_texts,
+                        TextRole::Passage,
+                        cfg.model.max_len,
+                    )?);
+                }
                 state.step_in_epoch += 1;
                 state.phase_step += 1;
                 state.global_step += 1;
@@ -378,11 +460,15 @@ pub fn train_model(
                     )));
                 }
                 if state.global_step % t.log_every == 0 {
-                    report::append(
-                        &metrics_path,
-                        &json!({"step": state.global_step, "phase": ph.name, "epoch": epoch + 1,
-                                "loss": loss, "lr": lr, "grad_norm": grad_norm}),
-                    )?;
+                    let mut rec = json!({"step": state.global_step, "phase": ph.name,
+                                         "epoch": epoch + 1, "loss": loss, "lr": lr,
+                                         "grad_norm": grad_norm});
+                    if let (Some(r), serde_json::Value::Object(c)) =
+                        (rec.as_object_mut(), thr.record())
+                    {
+                        r.extend(c);
+                    }
+                    report::append(&metrics_path, &rec)?;
                 }
                 if t.checkpoint_every > 0 && state.global_step % t.checkpoint_every == 0 {
                     save_ckpt(&state, &opt)?;
@@ -396,6 +482,7 @@ pub fn train_model(
                         adapter: None,
                         zero_shot,
                         final_dev: None,
+                        throughput: thr,
                     });
                 }
                 if t.max_steps == Some(state.global_step) {
@@ -486,6 +573,7 @@ pub fn train_model(
         adapter: Some(adapter_dir),
         zero_shot,
         final_dev,
+        throughput: thr,
     })
 }
 
@@ -549,18 +637,19 @@ fn phase_negatives(
     Ok(negs)
 }
 
-/// The InfoNCE loss of one forward pass over the queries at `idx` of the split.
+/// The InfoNCE loss of one forward pass over the queries at `idx` of the split, with the
+/// query and passage texts embedded.
 #[allow(clippy::too_many_arguments)]
-fn batch_loss(
+fn batch_loss<'a>(
     model: &dyn RetrievalModel,
-    ds: &Dataset,
-    split: &Split,
+    ds: &'a Dataset,
+    split: &'a Split,
     negs: &HashMap<&str, &QueryNegatives>,
     idx: &[usize],
     ph: &PhaseConfig,
     cfg: &TrainConfig,
     seed_parts: &[u64],
-) -> Result<Tensor> {
+) -> Result<(Tensor, Vec<&'a str>, Vec<&'a str>)> {
     let mut q_texts = Vec::with_capacity(idx.len());
     let mut docs: Vec<usize> = Vec::new();
     let mut targets = Vec::with_capacity(idx.len());
@@ -605,7 +694,8 @@ fn batch_loss(
     let qmax = cfg.model.query_max_len.unwrap_or(cfg.model.max_len);
     let q = model.embed_train(&q_texts, TextRole::Query, qmax)?;
     let d = model.embed_train(&d_texts, TextRole::Passage, cfg.model.max_len)?;
-    info_nce(&q, &d, &targets, &excluded, cfg.train.temperature)
+    let loss = info_nce(&q, &d, &targets, &excluded, cfg.train.temperature)?;
+    Ok((loss, q_texts, d_texts))
 }
 
 /// Unit vectors of `texts` (row-major f32) with the adapter applied and dropout off, in

@@ -143,6 +143,50 @@ fn loss_falls_on_a_tiny_model() {
     assert!(o.final_dev.is_some());
 }
 
+/// The throughput counters of each logged step.
+const THROUGHPUT_FIELDS: &[&str] = &["train_s", "samples", "texts", "tokens", "padded_tokens"];
+
+/// Every logged step carries cumulative throughput counters that never decrease, count the
+/// batches' queries and texts exactly, and agree with the outcome's totals.
+#[test]
+fn step_records_carry_monotone_throughput_counters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let out = tmp.path().join("run");
+    let cfg = config(&data, &out, 2, false);
+    let enc = encoder();
+    let o = train_with(&cfg, &enc, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
+    let steps: Vec<serde_json::Value> = juris_train::report::read(&out.join("metrics.jsonl"))
+        .into_iter()
+        .filter(|r| r.get("loss").is_some())
+        .collect();
+    assert_eq!(steps.len(), 6);
+    let field = |r: &serde_json::Value, k: &str| -> f64 {
+        r.get(k)
+            .and_then(|v| v.as_f64())
+            .unwrap_or_else(|| panic!("{k} missing in {r}"))
+    };
+    let mut prev = [0f64; 5];
+    for (i, r) in steps.iter().enumerate() {
+        let now: Vec<f64> = THROUGHPUT_FIELDS.iter().map(|k| field(r, k)).collect();
+        for (k, (p, n)) in THROUGHPUT_FIELDS.iter().zip(prev.iter().zip(&now)) {
+            assert!(n >= p, "{k} went down at step {}: {p} -> {n}", i + 1);
+        }
+        // 8 queries a step (batch 4 × grad_accum 2), each with a positive and 3 negatives.
+        assert_eq!(now[1], 8.0 * (i + 1) as f64);
+        assert_eq!(now[2], 8.0 * 5.0 * (i + 1) as f64);
+        // Every text has at least its two special tokens; padding only adds.
+        assert!(now[3] >= 2.0 * now[2] && now[4] >= now[3], "{r}");
+        prev.copy_from_slice(&now);
+    }
+    let t = o.throughput;
+    assert_eq!(t.steps, 6);
+    assert_eq!(t.samples as f64, prev[1]);
+    assert_eq!(t.tokens as f64, prev[3]);
+    assert!(t.summary().contains("samples/s"));
+}
+
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -175,8 +219,17 @@ fn resumed_run_equals_uninterrupted_run() {
         read(&full, "negatives-mined.jsonl"),
         read(&parts, "negatives-mined.jsonl")
     );
+    // Throughput counters are per process (timings, and a resumed run counts from 0).
     let strip = |d: &Path| -> Vec<serde_json::Value> {
-        juris_train::report::read(&d.join("metrics.jsonl"))
+        let mut recs = juris_train::report::read(&d.join("metrics.jsonl"));
+        for r in &mut recs {
+            if let Some(o) = r.as_object_mut() {
+                for k in THROUGHPUT_FIELDS {
+                    o.remove(*k);
+                }
+            }
+        }
+        recs
     };
     assert_eq!(strip(&full), strip(&parts));
 }

@@ -119,6 +119,7 @@ fn train_retriever(a: RetrieverArgs, bar: &Bar) -> Result<()> {
     if let Some(f) = show(&outcome.final_dev) {
         println!("dev after training:  {f}");
     }
+    println!("{}", outcome.throughput.summary());
     let Some(adapter) = outcome.adapter else {
         bail!("training stopped before the end; run the same command again to resume");
     };
