@@ -4,6 +4,9 @@
 # one part, because one call carries at most 64 MiB), unpacks the carried CUDA binaries, and
 # links models/ so the bench scripts find them. Idempotent.
 #   usage (in the repo copy there): bash bench/gpu/stage.sh [part-folder] [sha256-of-tar]
+# The committed adapters (bench/adapters, ~65 MB) alone fill what one call may carry: call the
+# device from a throwaway branch that `git rm`s the adapters a run does not read (e.g. all but
+# coliee_ja_*), so each call carries ~45 MB of a part; switch back before committing.
 set -euo pipefail
 S=/root/stage
 mkdir -p "$S"
