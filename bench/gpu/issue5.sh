@@ -23,23 +23,30 @@ gpu_config() {
   echo "$W/$1.toml"
 }
 
+# Chat data and a BM25 index of dataset $1 (task $3, files <$4>_<split>.jsonl; index $5 with
+# --lang $6 --analyzer-$6 $7), then QLoRA SFT of config $2 (resumed if cut). Sets idx, run
+# and rc (the trainer's exit status) and copies its log, plot and adapters to $OUT.
+prepare_and_train() {
+  local ds=$1 name=$2 task=$3 stem=$4 lang=$6 an=$7 split
+  for split in train dev; do
+    [ -f "$W/sft/${stem}_$split.jsonl" ] || "$J" -q train chat-data --data "$D/$ds" --split $split --task $task --out "$W/sft/${stem}_$split.jsonl"
+  done
+  idx=$W/idx/$5
+  [ -d "$idx" ] || "$J" -q index --corpus "$D/$ds/corpus.jsonl" --out "$idx" --lang $lang --analyzer-$lang $an
+  timeout "${TRAIN_TIMEOUT:-330}" "$J" train generator --config "$(gpu_config $name)" --device cuda 2>&1 | grep -v "^\s*$" | tail -15
+  rc=${PIPESTATUS[0]}
+  echo "$name: training took $(( $(date +%s) - t0 )) s (exit $rc)"
+  run=$W/runs/sft_$name
+  cp "$run/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null; cp "$run"/*.svg "$OUT/" 2>/dev/null
+  tar cf "$OUT/$name.adapter.tar" -C "$run" best adapter 2>/dev/null
+}
+
 for job in "$@"; do
   t0=$(date +%s)
   case $job in
     smollm2)
-      ds=coliee_statute_en; name=smollm2_coliee_en_yesno
-      base=models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-      for split in train dev; do
-        [ -f "$W/sft/coliee_en_yesno_$split.jsonl" ] || "$J" -q train chat-data --data "$D/$ds" --split $split --task yesno --out "$W/sft/coliee_en_yesno_$split.jsonl"
-      done
-      idx=$W/idx/coliee_en
-      [ -d "$idx" ] || "$J" -q index --corpus "$D/$ds/corpus.jsonl" --out "$idx" --lang en --analyzer-en en-snowball
-      timeout "${TRAIN_TIMEOUT:-330}" "$J" train generator --config "$(gpu_config $name)" --device cuda 2>&1 | grep -v "^\s*$" | tail -15
-      rc=${PIPESTATUS[0]}
-      echo "$job: training took $(( $(date +%s) - t0 )) s (exit $rc)"
-      run=$W/runs/sft_$name
-      cp "$run/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null; cp "$run"/*.svg "$OUT/" 2>/dev/null
-      tar cf "$OUT/$name.adapter.tar" -C "$run" best adapter 2>/dev/null
+      ds=coliee_statute_en; base=models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+      prepare_and_train $ds smollm2_coliee_en_yesno yesno coliee_en_yesno coliee_en en en-snowball
       # A run cut by the timeout resumes from its checkpoint when this script runs again;
       # evaluate only finished runs unless EVAL_UNFINISHED=1 (then with best/ as it stands).
       if [ "$rc" != 0 ] && [ -z "${EVAL_UNFINISHED:-}" ]; then echo "$job: not finished; run again to resume"; continue; fi
@@ -60,21 +67,8 @@ for job in "$@"; do
       done
       ;;
     gemma)
-      ds=jordan_law_qa_ar; name=gemma3_jordan_answer
-      base=models/gemma3-270m/gemma-3-270m-q4_k_m.gguf
-      for split in train dev; do
-        [ -f "$W/sft/jordan_answer_$split.jsonl" ] || "$J" -q train chat-data --data "$D/$ds" --split $split --task answer --out "$W/sft/jordan_answer_$split.jsonl"
-      done
-      idx=$W/idx/jordan
-      [ -d "$idx" ] || "$J" -q index --corpus "$D/$ds/corpus.jsonl" --out "$idx" --lang ar --analyzer-ar ar-snowball
-      timeout "${TRAIN_TIMEOUT:-330}" "$J" train generator --config "$(gpu_config $name)" --device cuda 2>&1 | grep -v "^\s*$" | tail -15
-      rc=${PIPESTATUS[0]}
-      echo "$job: training took $(( $(date +%s) - t0 )) s (exit $rc)"
-      run=$W/runs/sft_$name
-      cp "$run/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null; cp "$run"/*.svg "$OUT/" 2>/dev/null
-      tar cf "$OUT/$name.adapter.tar" -C "$run" best adapter 2>/dev/null
-      # A run cut by the timeout resumes from its checkpoint when this script runs again;
-      # evaluate only finished runs unless EVAL_UNFINISHED=1 (then with best/ as it stands).
+      ds=jordan_law_qa_ar; base=models/gemma3-270m/gemma-3-270m-q4_k_m.gguf
+      prepare_and_train $ds gemma3_jordan_answer answer jordan_answer jordan ar ar-snowball
       if [ "$rc" != 0 ] && [ -z "${EVAL_UNFINISHED:-}" ]; then echo "$job: not finished; run again to resume"; continue; fi
       q=(--index "$idx" --queries "$D/$ds/queries.jsonl" --qrels "$D/$ds/qrels/dev.tsv" --device cuda --no-stats --limit "$LIMIT" --max-tokens 96)
       for v in base adapter; do
