@@ -466,9 +466,9 @@ impl LoraTrain {
         })
     }
 
-    /// Whether the forward pass records a graph through the adapters (on by default); see
-    /// [`LoraTrain::without_graph`].
-    pub fn set_recording(&self, on: bool) {
+    /// Whether the forward pass records a graph through the adapters (on by default; only
+    /// [`LoraTrain::without_graph`] turns it off, and back on).
+    fn set_recording(&self, on: bool) {
         self.recording.store(on, Ordering::SeqCst);
     }
 

@@ -71,6 +71,31 @@ pub fn lr_at(step: u64, total: u64, warmup: u64, peak: f64) -> f64 {
     peak * (left / span).clamp(0.0, 1.0)
 }
 
+/// Adds one micro-batch's gradients of `vars` (zeros for a variable its loss does not reach)
+/// to `acc`, in `vars`' order: gradient accumulation over the micro-batches of a step.
+pub fn accumulate_grads(
+    acc: &mut Option<Vec<Tensor>>,
+    vars: &[Var],
+    grads: &candle_core::backprop::GradStore,
+) -> Result<()> {
+    let g: Vec<Tensor> = vars
+        .iter()
+        .map(|v| match grads.get(v.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => v.as_tensor().zeros_like(),
+        })
+        .collect::<candle_core::Result<_>>()?;
+    *acc = Some(match acc.take() {
+        None => g,
+        Some(a) => a
+            .iter()
+            .zip(&g)
+            .map(|(x, y)| x + y)
+            .collect::<candle_core::Result<_>>()?,
+    });
+    Ok(())
+}
+
 /// Global L2 norm of `grads`.
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut sum = 0f64;

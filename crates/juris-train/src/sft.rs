@@ -35,7 +35,7 @@ use serde_json::json;
 use crate::chat_data::{prepare_files, DataStats, Example};
 use crate::checkpoint;
 use crate::error::{io, Result, TrainError};
-use crate::optim::{clip_grad_norm, lr_at, AdamW};
+use crate::optim::{accumulate_grads, clip_grad_norm, lr_at, AdamW};
 use crate::report;
 use crate::sft_config::{BaseMode, ExportKind, SftConfig};
 use crate::trainer::mix;
@@ -315,21 +315,7 @@ pub fn train_sft(
                 let (ce, _) = batch_ce(model, &seqs, pad)?;
                 loss_sum += ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 let grads = (ce / step_targets.max(1) as f64)?.backward()?;
-                let g: Vec<Tensor> = vars
-                    .iter()
-                    .map(|v| match grads.get(v.as_tensor()) {
-                        Some(g) => Ok(g.clone()),
-                        None => v.as_tensor().zeros_like(),
-                    })
-                    .collect::<candle_core::Result<_>>()?;
-                acc = Some(match acc {
-                    None => g,
-                    Some(a) => a
-                        .iter()
-                        .zip(&g)
-                        .map(|(x, y)| x + y)
-                        .collect::<candle_core::Result<_>>()?,
-                });
+                accumulate_grads(&mut acc, &vars, &grads)?;
             }
             lora.set_dropout_seed(None);
             let mut grads = acc.unwrap_or_default();

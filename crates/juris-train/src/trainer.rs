@@ -37,7 +37,7 @@ use crate::data::{Dataset, Split};
 use crate::error::{io, Result, TrainError};
 use crate::loss::info_nce;
 use crate::negatives::{self, QueryNegatives};
-use crate::optim::{clip_grad_norm, lr_at, AdamW};
+use crate::optim::{accumulate_grads, clip_grad_norm, lr_at, AdamW};
 use crate::report;
 use crate::retrieval_model::{BertRetrieval, DecoderRetrieval, RetrievalModel};
 
@@ -412,21 +412,7 @@ pub fn train_model(
                     step_texts.push((q_texts, d_texts));
                     loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     let grads = (loss / micro.len() as f64)?.backward()?;
-                    let g: Vec<Tensor> = vars
-                        .iter()
-                        .map(|v| match grads.get(v.as_tensor()) {
-                            Some(g) => Ok(g.clone()),
-                            None => v.as_tensor().zeros_like(),
-                        })
-                        .collect::<candle_core::Result<_>>()?;
-                    acc = Some(match acc {
-                        None => g,
-                        Some(a) => a
-                            .iter()
-                            .zip(&g)
-                            .map(|(x, y)| x + y)
-                            .collect::<candle_core::Result<_>>()?,
-                    });
+                    accumulate_grads(&mut acc, &vars, &grads)?;
                 }
                 lora.set_dropout_seed(None);
                 let mut grads = acc.unwrap_or_default();
