@@ -392,6 +392,24 @@ pub fn fast_exp(x: f32) -> f32 {
     }
 }
 
+/// Folds `xs` with `f` in 8 independent lanes, so that the loop vectorizes (a single
+/// accumulator is a serial dependency chain that LLVM may not reorder for floats).
+#[inline(always)]
+pub fn lanes_reduce(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a = f(*a, *x);
+        }
+    }
+    let mut r = chunks.remainder().iter().fold(init, |a, &x| f(a, x));
+    for a in acc {
+        r = f(r, a);
+    }
+    r
+}
+
 /// `erf(x)` (Abramowitz & Stegun 7.1.26 refined: absolute error below 1.5e-7), built on
 /// [`fast_exp`] so a loop over it vectorizes.
 #[inline(always)]
@@ -434,16 +452,5 @@ pub fn has_avx2_fma() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
-    }
-}
-
-/// `a * b + c`, fused when `FMA` (only instantiated as `true` inside functions compiled with
-/// the `fma` target feature, where it is one instruction; elsewhere it would be a libm call).
-#[inline(always)]
-pub fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
     }
 }

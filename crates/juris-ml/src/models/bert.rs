@@ -18,8 +18,8 @@ use crate::encoder::{Encoder, EncoderOptions, TextRole};
 use crate::error::{MlError, Result};
 use crate::lora::{LoraAdapter, LoraTrain};
 use crate::nn::{
-    device_for, fast_exp, gelu_erf, has_avx2_fma, layer_norm_row, madd, with_f32, Activation,
-    Embedding, LayerNorm, Linear, Weights,
+    device_for, fast_exp, gelu_erf, has_avx2_fma, lanes_reduce, layer_norm_row, with_f32,
+    Activation, Embedding, LayerNorm, Linear, Weights,
 };
 use crate::tokenize::{HfTokenizer, TextTokenizer};
 
@@ -706,57 +706,21 @@ fn attention(
         .for_each(|(bi, (ctx, &len))| {
             let rows = &qkv[bi * seq * 3 * h..(bi * seq + len) * 3 * h];
             #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
-                // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                unsafe { attend_text_avx2(ctx, rows, bias, len, h, heads) };
+            if super::attention_cpu::supported(h / heads) {
+                // SAFETY: `supported` checked AVX2, FMA and the head size.
+                unsafe { super::attention_cpu::attend_text_tiled(ctx, rows, bias, len, h, heads) };
                 return;
             }
-            attend_text::<false>(ctx, rows, bias, len, h, heads);
+            attend_text(ctx, rows, bias, len, h, heads);
         });
     ctx
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_text_avx2(
-    ctx: &mut [f32],
-    rows: &[f32],
-    bias: &[f32],
-    len: usize,
-    h: usize,
-    heads: usize,
-) {
-    attend_text::<true>(ctx, rows, bias, len, h, heads)
-}
-
-/// Folds `xs` with `f` in 8 independent lanes, so that the loop vectorizes (a single
-/// accumulator is a serial dependency chain that LLVM may not reorder for floats).
+/// One text's attention: `rows` are its `len` q|k|v rows, `ctx` its `[seq, h]` output. The
+/// portable path, for CPUs without AVX2/FMA and head sizes that are not a multiple of 16
+/// (elsewhere [`super::attention_cpu`]'s tiled kernel runs).
 #[inline(always)]
-fn lanes_reduce(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [init; 8];
-    let mut chunks = xs.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, x) in acc.iter_mut().zip(c) {
-            *a = f(*a, *x);
-        }
-    }
-    let mut r = chunks.remainder().iter().fold(init, |a, &x| f(a, x));
-    for a in acc {
-        r = f(r, a);
-    }
-    r
-}
-
-/// One text's attention: `rows` are its `len` q|k|v rows, `ctx` its `[seq, h]` output.
-#[inline(always)]
-fn attend_text<const FMA: bool>(
-    ctx: &mut [f32],
-    rows: &[f32],
-    bias: &[f32],
-    len: usize,
-    h: usize,
-    heads: usize,
-) {
+fn attend_text(ctx: &mut [f32], rows: &[f32], bias: &[f32], len: usize, h: usize, heads: usize) {
     let hd = h / heads;
     let scale = 1.0 / (hd as f32).sqrt();
     // Per head: q (scaled) `[len, hd]`, k transposed `[hd, len]`, v `[len, hd]`, so that both
@@ -800,10 +764,10 @@ fn attend_text<const FMA: bool>(
                     .zip(p3.iter_mut())
                     .zip(krow)
                 {
-                    *x0 = madd::<FMA>(a0, kj, *x0);
-                    *x1 = madd::<FMA>(a1, kj, *x1);
-                    *x2 = madd::<FMA>(a2, kj, *x2);
-                    *x3 = madd::<FMA>(a3, kj, *x3);
+                    *x0 += a0 * kj;
+                    *x1 += a1 * kj;
+                    *x2 += a2 * kj;
+                    *x3 += a3 * kj;
                 }
             }
             for (r, pr) in [&mut *p0, &mut *p1, &mut *p2, &mut *p3]
@@ -821,7 +785,7 @@ fn attend_text<const FMA: bool>(
                 for (j, &pj) in pr.iter().enumerate() {
                     let w = pj * inv;
                     for (o, vj) in out.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
-                        *o = madd::<FMA>(w, *vj, *o);
+                        *o += w * *vj;
                     }
                 }
             }

