@@ -4,7 +4,8 @@
 # ensemble (fusion and α tuned on train), on dev: MRR@10, nDCG@10, Recall@10.
 # Expects bench/gpu/stage.sh to have run. Results: $OUT/issue4.jsonl, metrics logs, adapters.
 #   usage: bash bench/gpu/issue4.sh <name>...   (name: coliee_en_minilm, coliee_en_e5, coliee_ja_e5,
-#          coliee_ja_gemma, jordan_e5, coliee_ja_gemma_p2, coliee_ja_e5_p2)
+#          coliee_ja_gemma, jordan_e5, jordan_gemma, coliee_ja_gemma_p2, coliee_ja_e5_p2,
+#          jordan_e5_p2)
 set -uo pipefail
 S=/root/stage; J=$S/juris; D=$S/x/data
 export PYTHONUNBUFFERED=1
@@ -19,6 +20,8 @@ for name in "$@"; do
     coliee_ja_e5_p2) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
     coliee_en_e5) ds=coliee_statute_en; model=e5-small; lang=en; an=en-snowball ;;
     jordan_e5) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
+    jordan_e5_p2) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
+    jordan_gemma) ds=jordan_law_qa_ar; model=gemma3-270m; lang=ar; an=ar-snowball ;;
     *) echo "unknown run $name"; continue ;;
   esac
   t0=$(date +%s)
