@@ -28,11 +28,13 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_tokenizer;
+pub mod grad_checkpoint;
 pub mod lora;
 pub mod models;
 pub mod nn;
 pub mod presets;
 pub mod tokenize;
+pub mod train_ops;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use decoder_lora::{

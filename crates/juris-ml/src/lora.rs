@@ -20,12 +20,24 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{MlError, Result};
+use crate::train_ops;
 
 /// Name of the adapter's config file in a PEFT folder.
 pub const CONFIG_FILE: &str = "adapter_config.json";
 /// Name of the adapter's weights file in a PEFT folder.
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const KEY_PREFIX: &str = "base_model.model.";
+
+/// Every linear layer of a BERT-family layer, as `target_modules` names them (the default
+/// of retriever training).
+pub const BERT_LORA_TARGETS: &[&str] = &[
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
 
 /// The fields of PEFT's `adapter_config.json` that juris writes and reads (others are kept
 /// out; PEFT fills its defaults).
@@ -399,17 +411,17 @@ impl SplitMix64 {
 }
 
 /// A LoRA adapter being trained: `A` and `B` of each module as candle `Var`s, plus the
-/// dropout generator. `A` starts Kaiming-uniform (bound `1/√in`, as PEFT's default init),
+/// dropout seed. `A` starts Kaiming-uniform (bound `1/√in`, as PEFT's default init),
 /// `B` at zero, so training starts from the base model exactly.
 ///
-/// `Send + Sync` (the dropout generator sits behind a mutex) so that a decoder, which must
+/// `Send + Sync` (the dropout seed sits behind a mutex) so that a decoder, which must
 /// be `Sync`, can hold it in an `Arc` and apply it from inside its layers.
 pub struct LoraTrain {
     /// Config written with the adapter.
     pub config: LoraConfig,
     /// Module path → (`A`, `B`).
     pub vars: BTreeMap<String, (Var, Var)>,
-    dropout_rng: Mutex<Option<SplitMix64>>,
+    dropout_seed: Mutex<Option<u64>>,
     /// Off while evaluating: the adapters then enter the forward pass as plain tensors, so
     /// candle records no graph and frees each activation as soon as it is used (with a
     /// graph, a whole evaluation batch's activations stay alive until its output is
@@ -441,7 +453,7 @@ impl LoraTrain {
         Ok(LoraTrain {
             config,
             vars,
-            dropout_rng: Mutex::new(None),
+            dropout_seed: Mutex::new(None),
             recording: AtomicBool::new(true),
         })
     }
@@ -461,7 +473,7 @@ impl LoraTrain {
         Ok(LoraTrain {
             config: adapter.config.clone(),
             vars,
-            dropout_rng: Mutex::new(None),
+            dropout_seed: Mutex::new(None),
             recording: AtomicBool::new(true),
         })
     }
@@ -486,10 +498,14 @@ impl LoraTrain {
         f()
     }
 
-    /// Turns dropout on with masks drawn from `seed` (call once per step, so that a resumed
-    /// run draws the same masks), or off with `None` (evaluation).
+    /// Turns dropout on with masks drawn from `seed`, or off with `None` (evaluation). Each
+    /// adapted module draws its mask from `seed` and its path
+    /// ([`train_ops::sub_seed`]), so set a new seed for every forward pass (a module applied
+    /// twice under one seed draws the same mask twice) and the same seed again to recompute
+    /// a pass (gradient checkpointing); a resumed run that sets the same seeds draws the
+    /// same masks.
     pub fn set_dropout_seed(&self, seed: Option<u64>) {
-        *self.rng() = seed.map(SplitMix64);
+        *self.seed() = seed;
     }
 
     /// The trainable variables in a fixed order (by module path, `A` before `B`), with
@@ -521,10 +537,10 @@ impl LoraTrain {
         })
     }
 
-    fn rng(&self) -> std::sync::MutexGuard<'_, Option<SplitMix64>> {
-        // A poisoned lock only means a panic elsewhere mid-draw; the generator state is a
-        // plain integer and still valid.
-        match self.dropout_rng.lock() {
+    fn seed(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        // A poisoned lock only means a panic elsewhere; the seed is a plain integer and
+        // still valid.
+        match self.dropout_seed.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
@@ -556,13 +572,10 @@ impl LoraTrain {
         let mut x2 = x.reshape((rows, inp))?;
         let p = self.config.lora_dropout;
         if p > 0.0 {
-            if let Some(rng) = self.rng().as_mut() {
-                let keep = 1.0 / (1.0 - p);
-                let mask: Vec<f32> = (0..rows * inp)
-                    .map(|_| if rng.next_f64() < p { 0.0 } else { keep as f32 })
-                    .collect();
-                let mask = Tensor::from_vec(mask, (rows, inp), x.device())?.to_dtype(x.dtype())?;
-                x2 = (x2 * mask)?;
+            if let Some(seed) = *self.seed() {
+                // Each module draws its own mask from the pass's seed, so a block recomputed
+                // for gradient checkpointing draws the masks of the first forward again.
+                x2 = train_ops::dropout(&x2, p, train_ops::sub_seed(seed, path))?;
             }
         }
         let (a, b) = if self.recording.load(Ordering::SeqCst) {
@@ -574,8 +587,9 @@ impl LoraTrain {
             Some(r) => b.index_select(r, 0)?,
             None => b,
         };
-        let low = x2.matmul(&a.t()?)?.matmul(&b.t()?)?;
-        let low = (low * self.config.scale())?;
+        // The scale multiplies the rank-r intermediate, not the [rows, out] result: one
+        // tensor of width r instead of width out kept for backward.
+        let low = (x2.matmul(&a.t()?)? * self.config.scale())?.matmul(&b.t()?)?;
         let low = low.reshape(base_out.shape())?;
         Ok((base_out + low)?)
     }

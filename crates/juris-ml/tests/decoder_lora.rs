@@ -3,7 +3,8 @@
 //! central finite differences; through a Q8_0 / Q4_0 base kept quantized they match the
 //! gradients of the dequantized base; SGD on a quantized base lowers a loss; a fresh adapter
 //! leaves the model unchanged; PEFT save → load, merged and unmerged inference, and the KV
-//! cache path agree; adapters that do not fit are refused with the file named.
+//! cache path agree; adapters that do not fit are refused with the file named; gradient
+//! checkpointing per block gives the gradients of one graph, dropout on.
 
 mod gguf_common;
 
@@ -205,6 +206,81 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
         .sqrt();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
     num / den.max(1e-12)
+}
+
+/// The probe-loss gradients of every adapter variable with dropout on (seed `seed`),
+/// flattened in `named_vars` order: with one graph over the whole forward, or with
+/// gradient checkpointing per block (blocks recomputed from their saved inputs).
+fn dropout_grads(t: &TrainableDecoder, probe: &Tensor, seed: u64, checkpointed: bool) -> Vec<f32> {
+    use juris_ml::grad_checkpoint::{add_var_grads, backward_blocks, forward_saving_inputs};
+    let vars: Vec<Var> = t.lora().named_vars().into_iter().map(|(_, v)| v).collect();
+    let mut sums = vec![None; vars.len()];
+    t.lora().set_dropout_seed(Some(seed));
+    if checkpointed {
+        let (ids, mask) = batch();
+        let pass = t.model().train_pass(&ids, &mask).unwrap();
+        let (inputs, last) = forward_saving_inputs(pass.as_ref()).unwrap();
+        let last = Var::from_tensor(&last).unwrap();
+        let h = pass.finish(last.as_tensor()).unwrap();
+        let logits = t.model().logits(&h).unwrap();
+        let loss = (logits.to_dtype(DType::F64).unwrap() * probe)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        add_var_grads(&grads, &vars, &mut sums).unwrap();
+        let g = grads.get(last.as_tensor()).unwrap().clone();
+        // The same seed again: the recomputed blocks draw the first forward's masks.
+        t.lora().set_dropout_seed(Some(seed));
+        backward_blocks(pass.as_ref(), inputs, g, &vars, &mut sums).unwrap();
+    } else {
+        let grads = loss(t, probe).backward().unwrap();
+        add_var_grads(&grads, &vars, &mut sums).unwrap();
+    }
+    t.lora().set_dropout_seed(None);
+    sums.into_iter()
+        .flat_map(|g| {
+            g.expect("every variable gets a gradient")
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn check_checkpointing(arch: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tiny(tmp.path(), arch, false, GgmlDType::F32);
+    let cfg = LoraConfig::new(2, 4.0, 0.1, DECODER_LORA_TARGETS, "");
+    let t = TrainableDecoder::new(&p, WeightMode::F32, cfg, 3, &Device::Cpu).unwrap();
+    randomize_b(&t, 11);
+    let probe = probe(t.model().vocab_size());
+    let plain = dropout_grads(&t, &probe, 5, false);
+    let checkpointed = dropout_grads(&t, &probe, 5, true);
+    let other_masks = dropout_grads(&t, &probe, 6, false);
+    // f32: the two differ only by rounding (block 0's input norm takes the inference form
+    // in the plain pass, where its input is no graph node).
+    let d = rel_l2(&checkpointed, &plain);
+    assert!(
+        d < 1e-5,
+        "{arch}: checkpointed vs plain gradients: rel L2 {d:e}"
+    );
+    let m = rel_l2(&other_masks, &plain);
+    assert!(
+        m > 1e-3,
+        "{arch}: other dropout masks changed the gradients only by {m:e}"
+    );
+}
+
+#[test]
+fn checkpointed_gradients_equal_plain_ones_with_dropout_llama() {
+    check_checkpointing("llama");
+}
+
+#[test]
+fn checkpointed_gradients_equal_plain_ones_with_dropout_gemma3() {
+    check_checkpointing("gemma3");
 }
 
 /// Gradients through the quantized base (custom op) vs through the same weights

@@ -137,6 +137,17 @@ pub struct OptimConfig {
     /// Stop after this many optimizer steps in total (a test or a quick look).
     #[serde(default)]
     pub max_steps: Option<u64>,
+    /// Gradient checkpointing per block: the forward keeps only each transformer block's
+    /// input and the backward recomputes one block at a time, so a step's activation
+    /// memory is about one block's instead of all blocks' (for long inputs, large batches
+    /// or decoder LLMs), at the cost of a second forward. Same gradients and dropout masks
+    /// as without it; it may change between a run and its resume.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gradient_checkpointing: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 /// Where a phase's negatives come from.
@@ -188,17 +199,10 @@ fn d_alpha() -> f64 {
     16.0
 }
 fn d_targets() -> Vec<String> {
-    [
-        "query",
-        "key",
-        "value",
-        "attention.output.dense",
-        "intermediate.dense",
-        "output.dense",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    juris_ml::lora::BERT_LORA_TARGETS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 fn d_train_split() -> String {
     "train".into()
@@ -347,11 +351,12 @@ impl TrainConfig {
     }
 
     /// A digest of the settings that decide the training trajectory (everything but
-    /// `max_steps`), stored in checkpoints so that a resume with another config is refused.
+    /// `max_steps` and `gradient_checkpointing`), stored in checkpoints so that a resume with another config is refused.
     pub fn trajectory_digest(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut c = self.clone();
         c.train.max_steps = None;
+        c.train.gradient_checkpointing = false;
         let json = serde_json::to_string(&c).unwrap_or_default();
         Sha256::digest(json.as_bytes())
             .iter()

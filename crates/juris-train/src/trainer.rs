@@ -26,6 +26,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use juris_eval::{evaluate, Metric, MissingPolicy, Run};
 use juris_index::Progress;
+use juris_ml::grad_checkpoint;
 use juris_ml::lora::{LoraAdapter, LoraConfig, LoraTrain, SplitMix64};
 use juris_ml::models::bert::BertEncoder;
 use juris_ml::{DeviceChoice, EncoderOptions, TextRole};
@@ -37,7 +38,7 @@ use crate::data::{Dataset, Split};
 use crate::error::{io, Result, TrainError};
 use crate::loss::info_nce;
 use crate::negatives::{self, QueryNegatives};
-use crate::optim::{accumulate_grads, clip_grad_norm, lr_at, AdamW};
+use crate::optim::{accumulate_sums, clip_grad_norm, lr_at, AdamW};
 use crate::report;
 use crate::retrieval_model::{BertRetrieval, DecoderRetrieval, RetrievalModel};
 
@@ -364,7 +365,6 @@ pub fn train_model(
     let steps_per_epoch = n_queries.div_ceil(per_step) as u64;
     let mut stopped_by_max = false;
     let mut thr = Throughput::default();
-    let qmax = cfg.model.query_max_len.unwrap_or(cfg.model.max_len);
 
     'phases: while state.phase < cfg.phases.len() && !state.done {
         let pi = state.phase;
@@ -389,48 +389,42 @@ pub fn train_model(
                 let chunk = &order[s * per_step..((s + 1) * per_step).min(n_queries)];
                 let micro: Vec<&[usize]> = chunk.chunks(t.batch_size).collect();
                 let step_start = Instant::now();
-                let mut step_texts = Vec::with_capacity(micro.len());
                 let mut acc: Option<Vec<Tensor>> = None;
                 let mut loss_sum = 0f64;
+                let mut work = Vec::with_capacity(micro.len());
                 for (mi, idx) in micro.iter().enumerate() {
-                    lora.set_dropout_seed(Some(mix(&[
-                        t.seed,
-                        SALT_DROPOUT,
-                        state.global_step,
-                        mi as u64,
-                    ])));
-                    let (loss, q_texts, d_texts) = batch_loss(
-                        model,
+                    let batch = sample_batch(
                         &ds,
                         &train_split,
                         &by_qid,
                         idx,
                         ph,
-                        cfg,
                         &[t.seed, SALT_SAMPLE, pi as u64, epoch as u64],
+                    );
+                    let m = micro_step(
+                        model,
+                        &batch,
+                        cfg,
+                        mix(&[t.seed, SALT_DROPOUT, state.global_step, mi as u64]),
+                        1.0 / micro.len() as f64,
+                        &vars,
                     )?;
-                    step_texts.push((q_texts, d_texts));
-                    loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                    let grads = (loss / micro.len() as f64)?.backward()?;
-                    accumulate_grads(&mut acc, &vars, &grads)?;
+                    loss_sum += m.loss;
+                    accumulate_sums(&mut acc, &vars, m.grads)?;
+                    work.push((batch.queries.len(), m.lengths));
                 }
-                lora.set_dropout_seed(None);
                 let mut grads = acc.unwrap_or_default();
                 let grad_norm = clip_grad_norm(&mut grads, t.max_grad_norm)?;
                 let lr = lr_at(state.phase_step, total, warmup, peak);
                 opt.update(&vars, &grads, lr)?;
                 device.synchronize()?;
                 thr.train_s += step_start.elapsed().as_secs_f64();
-                // Counted after the clock stopped (a second tokenization).
                 thr.steps += 1;
-                for (q_texts, d_texts) in &step_texts {
-                    thr.samples += q_texts.len() as u64;
-                    thr.add_forward(&model.train_lengths(q_texts, TextRole::Query, qmax)?);
-                    thr.add_forward(&model.train_lengths(
-                        d_texts,
-                        TextRole::Passage,
-                        cfg.model.max_len,
-                    )?);
+                for (queries, lengths) in &work {
+                    thr.samples += *queries as u64;
+                    for l in lengths {
+                        thr.add_forward(l);
+                    }
                 }
                 state.step_in_epoch += 1;
                 state.phase_step += 1;
@@ -623,20 +617,31 @@ fn phase_negatives(
     Ok(negs)
 }
 
-/// The InfoNCE loss of one forward pass over the queries at `idx` of the split, with the
-/// query and passage texts embedded.
-#[allow(clippy::too_many_arguments)]
-fn batch_loss<'a>(
-    model: &dyn RetrievalModel,
+/// One micro-batch: its queries, the passages they are scored against, and the InfoNCE
+/// targets.
+#[derive(Debug, Clone)]
+pub struct Batch<'a> {
+    /// Query texts.
+    pub queries: Vec<&'a str>,
+    /// Passage texts (every query is scored against all of them).
+    pub passages: Vec<&'a str>,
+    /// Column of each query's sampled positive.
+    pub targets: Vec<usize>,
+    /// `(query, passage)` pairs where the passage is another positive of the query.
+    pub excluded: Vec<(usize, usize)>,
+}
+
+/// The queries at `idx` of the split with a sampled positive, hard and random negatives
+/// each, drawn from `seed_parts` and the query's position.
+fn sample_batch<'a>(
     ds: &'a Dataset,
     split: &'a Split,
     negs: &HashMap<&str, &QueryNegatives>,
     idx: &[usize],
     ph: &PhaseConfig,
-    cfg: &TrainConfig,
     seed_parts: &[u64],
-) -> Result<(Tensor, Vec<&'a str>, Vec<&'a str>)> {
-    let mut q_texts = Vec::with_capacity(idx.len());
+) -> Batch<'a> {
+    let mut queries = Vec::with_capacity(idx.len());
     let mut docs: Vec<usize> = Vec::new();
     let mut targets = Vec::with_capacity(idx.len());
     for &i in idx {
@@ -644,7 +649,7 @@ fn batch_loss<'a>(
         let mut parts = seed_parts.to_vec();
         parts.push(i as u64);
         let mut rng = SplitMix64(mix(&parts));
-        q_texts.push(q.text.as_str());
+        queries.push(q.text.as_str());
         targets.push(docs.len());
         docs.push(q.positives[rng.below(q.positives.len())]);
         let n = negs.get(q.id.as_str());
@@ -676,12 +681,99 @@ fn batch_loss<'a>(
             }
         }
     }
-    let d_texts: Vec<&str> = docs.iter().map(|&d| ds.doc_texts[d].as_str()).collect();
+    Batch {
+        queries,
+        passages: docs.iter().map(|&d| ds.doc_texts[d].as_str()).collect(),
+        targets,
+        excluded,
+    }
+}
+
+/// What one micro-batch's forward and backward gave.
+pub struct MicroStep {
+    /// Its InfoNCE loss (unweighted).
+    pub loss: f64,
+    /// `weight ×` the loss's gradient of each variable, in `vars`' order (`None`: not
+    /// reached).
+    pub grads: Vec<Option<Tensor>>,
+    /// Token counts of the query pass and of the passage pass, as tokenized for them.
+    pub lengths: [Vec<usize>; 2],
+}
+
+/// Forward and backward of one micro-batch: InfoNCE of the queries against the passages,
+/// the gradient of `weight ×` the loss. The query and the passage pass each draw their
+/// dropout masks from a seed of their own, derived from `dropout_seed`; with `[train]
+/// gradient_checkpointing` the blocks keep only their inputs and are recomputed, under the
+/// same seeds, in the backward pass.
+pub fn micro_step(
+    model: &dyn RetrievalModel,
+    batch: &Batch,
+    cfg: &TrainConfig,
+    dropout_seed: u64,
+    weight: f64,
+    vars: &[Var],
+) -> Result<MicroStep> {
+    let lora = model.lora();
     let qmax = cfg.model.query_max_len.unwrap_or(cfg.model.max_len);
-    let q = model.embed_train(&q_texts, TextRole::Query, qmax)?;
-    let d = model.embed_train(&d_texts, TextRole::Passage, cfg.model.max_len)?;
-    let loss = info_nce(&q, &d, &targets, &excluded, cfg.train.temperature)?;
-    Ok((loss, q_texts, d_texts))
+    let passes = [
+        model.train_pass(&batch.queries, TextRole::Query, qmax)?,
+        model.train_pass(&batch.passages, TextRole::Passage, cfg.model.max_len)?,
+    ];
+    let seeds = [mix(&[dropout_seed, 0]), mix(&[dropout_seed, 1])];
+    let tau = cfg.train.temperature;
+    let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let loss = if cfg.train.gradient_checkpointing {
+        let mut saved = Vec::with_capacity(2);
+        let mut lasts = Vec::with_capacity(2);
+        for (pass, seed) in passes.iter().zip(seeds) {
+            lora.set_dropout_seed(Some(seed));
+            let (inputs, last) = grad_checkpoint::forward_saving_inputs(pass.blocks.as_ref())?;
+            saved.push(inputs);
+            lasts.push(Var::from_tensor(&last)?);
+        }
+        let q = passes[0].head(lasts[0].as_tensor())?;
+        let d = passes[1].head(lasts[1].as_tensor())?;
+        let loss = info_nce(&q, &d, &batch.targets, &batch.excluded, tau)?;
+        let grads = (&loss * weight)?.backward()?;
+        grad_checkpoint::add_var_grads(&grads, vars, &mut sums)?;
+        for ((pass, seed), (inputs, last)) in passes
+            .iter()
+            .zip(seeds)
+            .zip(saved.into_iter().zip(&lasts))
+            .rev()
+        {
+            let grad_last = match grads.get(last.as_tensor()) {
+                Some(g) => g.clone(),
+                None => last.as_tensor().zeros_like()?,
+            };
+            lora.set_dropout_seed(Some(seed));
+            grad_checkpoint::backward_blocks(
+                pass.blocks.as_ref(),
+                inputs,
+                grad_last,
+                vars,
+                &mut sums,
+            )?;
+        }
+        loss
+    } else {
+        let mut emb = Vec::with_capacity(2);
+        for (pass, seed) in passes.iter().zip(seeds) {
+            lora.set_dropout_seed(Some(seed));
+            emb.push(pass.embed()?);
+        }
+        let loss = info_nce(&emb[0], &emb[1], &batch.targets, &batch.excluded, tau)?;
+        let grads = (&loss * weight)?.backward()?;
+        grad_checkpoint::add_var_grads(&grads, vars, &mut sums)?;
+        loss
+    };
+    lora.set_dropout_seed(None);
+    let [q, d] = passes;
+    Ok(MicroStep {
+        loss: loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+        grads: sums,
+        lengths: [q.lengths, d.lengths],
+    })
 }
 
 /// Unit vectors of `texts` (row-major f32) with the adapter applied and dropout off, in

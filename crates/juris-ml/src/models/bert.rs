@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -22,6 +22,7 @@ use crate::nn::{
     Activation, Embedding, LayerNorm, Linear, Weights,
 };
 use crate::tokenize::{HfTokenizer, TextTokenizer};
+use crate::{grad_checkpoint, train_ops};
 
 /// The fields of an HF `config.json` that the architecture needs; others are ignored.
 #[derive(Debug, Clone, Deserialize)]
@@ -155,16 +156,6 @@ impl Layer {
             ("output.dense", &mut self.ff_out),
         ]
     }
-}
-
-/// Softmax over the last dimension from ops that have backward passes (candle's fused
-/// `softmax_last_dim` has none). The row maximum is subtracted as a constant (softmax does
-/// not depend on it), so rows with −∞ entries stay finite.
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&sum)?)
 }
 
 /// A layer's weights as the fused CPU kernels read them.
@@ -366,9 +357,9 @@ impl BertModel {
         Ok(())
     }
 
-    /// The differentiable forward for training: candle ops only (composed softmax and
-    /// LayerNorm, which have backward passes), with `lora` added to the adapted layers.
-    /// Final hidden states `[batch, seq, hidden]`; padding keys are masked.
+    /// The differentiable forward for training, with `lora` added to the adapted layers:
+    /// final hidden states `[batch, seq, hidden]` for right-padded `ids` (`batch` rows of
+    /// `seq` ids) whose real lengths are `lens`; padding keys are masked.
     pub fn forward_train(
         &self,
         ids: &[u32],
@@ -376,72 +367,34 @@ impl BertModel {
         seq: usize,
         lora: Option<&LoraTrain>,
     ) -> Result<Tensor> {
+        grad_checkpoint::forward_all(&self.train_pass(ids, lens, seq, lora)?)
+    }
+
+    /// [`BertModel::forward_train`] cut at its layers (for gradient checkpointing): ops with
+    /// backward passes only (the fused softmax and LayerNorm of [`train_ops`]).
+    pub fn train_pass<'a>(
+        &'a self,
+        ids: &[u32],
+        lens: &[usize],
+        seq: usize,
+        lora: Option<&'a LoraTrain>,
+    ) -> Result<BertTrainPass<'a>> {
         let b = lens.len();
-        let h = self.config.hidden_size;
-        let dev = &self.device;
-        let dtype = self.token_type.dtype();
-        let ln = |l: &LayerNorm, x: &Tensor| -> Result<Tensor> {
-            Ok(candle_nn::ops::layer_norm_slow(
-                x, &l.weight, &l.bias, l.eps,
-            )?)
-        };
-        let ids_t = Tensor::from_slice(ids, (b, seq), dev)?;
-        let pos: Vec<u32> = (0..seq).map(|i| (i + self.first_position) as u32).collect();
-        let pos_t = Tensor::from_slice(&pos, seq, dev)?;
-        let x = self
-            .word
-            .forward(&ids_t)?
-            .to_dtype(dtype)?
-            .broadcast_add(
-                &self
-                    .position
-                    .forward(&pos_t)?
-                    .to_dtype(dtype)?
-                    .unsqueeze(0)?,
-            )?
-            .broadcast_add(&self.token_type)?;
-        let mut x = ln(&self.emb_ln, &x)?;
         let mut mask = vec![0f32; b * seq];
         for (row, &len) in lens.iter().enumerate() {
             for v in &mut mask[row * seq + len.clamp(1, seq)..(row + 1) * seq] {
                 *v = f32::NEG_INFINITY;
             }
         }
-        let mask = Tensor::from_vec(mask, (b, 1, 1, seq), dev)?.to_dtype(dtype)?;
-        let hd = h / self.heads;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, seq, self.heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let lin = |name: &str, l: &Linear, x: &Tensor| -> Result<Tensor> {
-                let y = l.forward(x)?;
-                match lora {
-                    Some(lo) => lo.apply(&format!("encoder.layer.{i}.{name}"), x, y),
-                    None => Ok(y),
-                }
-            };
-            let q = split(lin("attention.self.query", &layer.q, &x)?)?;
-            let k = split(lin("attention.self.key", &layer.k, &x)?)?;
-            let v = split(lin("attention.self.value", &layer.v, &x)?)?;
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
-            let probs = softmax_last(&scores)?;
-            let ctx = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b, seq, h))?;
-            let attn = lin("attention.output.dense", &layer.attn_out, &ctx)?;
-            x = ln(&layer.attn_ln, &(x + attn)?)?;
-            let mid = self
-                .act
-                .forward(&lin("intermediate.dense", &layer.ff_in, &x)?)?;
-            let out = lin("output.dense", &layer.ff_out, &mid)?;
-            x = ln(&layer.out_ln, &(x + out)?)?;
-        }
-        Ok(x)
+        let dtype = self.token_type.dtype();
+        Ok(BertTrainPass {
+            model: self,
+            lora,
+            ids: Tensor::from_slice(ids, (b, seq), &self.device)?,
+            mask: Tensor::from_vec(mask, (b, 1, 1, seq), &self.device)?.to_dtype(dtype)?,
+            b,
+            seq,
+        })
     }
 
     /// Final hidden states `[batch, seq, hidden]` for right-padded `ids` (`batch` rows of
@@ -574,6 +527,84 @@ impl BertModel {
             x = layer.out_ln.forward(&(x + out)?)?;
         }
         Ok(x)
+    }
+}
+
+/// One training forward of a [`BertModel`] over a padded batch, cut at its layers
+/// ([`BertModel::train_pass`]).
+pub struct BertTrainPass<'a> {
+    model: &'a BertModel,
+    lora: Option<&'a LoraTrain>,
+    ids: Tensor,
+    /// Additive key mask `[batch, 1, 1, seq]` (−∞ on padding).
+    mask: Tensor,
+    b: usize,
+    seq: usize,
+}
+
+impl BertTrainPass<'_> {
+    fn ln(l: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+        train_ops::layer_norm(x, &l.weight, &l.bias, l.eps as f64)
+    }
+}
+
+impl grad_checkpoint::BlockPass for BertTrainPass<'_> {
+    fn stem(&self) -> Result<Tensor> {
+        let m = self.model;
+        let dtype = m.token_type.dtype();
+        let pos: Vec<u32> = (0..self.seq)
+            .map(|i| (i + m.first_position) as u32)
+            .collect();
+        let pos_t = Tensor::from_slice(&pos, self.seq, &m.device)?;
+        let x = m
+            .word
+            .forward(&self.ids)?
+            .to_dtype(dtype)?
+            .broadcast_add(&m.position.forward(&pos_t)?.to_dtype(dtype)?.unsqueeze(0)?)?
+            .broadcast_add(&m.token_type)?;
+        Self::ln(&m.emb_ln, &x)
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    fn block(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let m = self.model;
+        let layer = &m.layers[i];
+        let (b, seq, h) = (self.b, self.seq, m.config.hidden_size);
+        let hd = h / m.heads;
+        let lin = |name: &str, l: &Linear, x: &Tensor| -> Result<Tensor> {
+            let y = l.forward(x)?;
+            match self.lora {
+                Some(lo) => lo.apply(&format!("encoder.layer.{i}.{name}"), x, y),
+                None => Ok(y),
+            }
+        };
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, seq, m.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split(lin("attention.self.query", &layer.q, x)?)?;
+        let k = split(lin("attention.self.key", &layer.k, x)?)?;
+        let v = split(lin("attention.self.value", &layer.v, x)?)?;
+        // One fused node for scale, mask and softmax: the graph keeps the raw scores and the
+        // probabilities only (`k.t()` is a strided view the matmul reads directly).
+        let scale = 1.0 / (hd as f64).sqrt();
+        let probs = train_ops::masked_softmax(&q.matmul(&k.t()?)?, &self.mask, scale)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, seq, h))?;
+        let attn = lin("attention.output.dense", &layer.attn_out, &ctx)?;
+        let x = Self::ln(&layer.attn_ln, &(x + attn)?)?;
+        let mid = m
+            .act
+            .forward(&lin("intermediate.dense", &layer.ff_in, &x)?)?;
+        let out = lin("output.dense", &layer.ff_out, &mid)?;
+        Self::ln(&layer.out_ln, &(x + out)?)
     }
 }
 
@@ -1091,12 +1122,18 @@ impl BertEncoder {
     ) -> Result<Tensor> {
         let (ids, lens, seq) = self.batch_ids(texts, role, max_len)?;
         let hidden = self.model.forward_train(&ids, &lens, seq, lora)?;
-        let w = self.parts.pooling.weights(&lens, seq).ok_or_else(|| {
+        self.pool_train(&hidden, &lens, seq)
+    }
+
+    /// The pooled, L2-normalized embeddings `[batch, hidden]` of final hidden states from
+    /// the training forward (differentiable).
+    pub fn pool_train(&self, hidden: &Tensor, lens: &[usize], seq: usize) -> Result<Tensor> {
+        let w = self.parts.pooling.weights(lens, seq).ok_or_else(|| {
             MlError::Unsupported("training with max pooling is not supported".into())
         })?;
         let w =
             Tensor::from_vec(w, (lens.len(), 1, seq), hidden.device())?.to_dtype(hidden.dtype())?;
-        let pooled = w.matmul(&hidden)?.squeeze(1)?;
+        let pooled = w.matmul(hidden)?.squeeze(1)?;
         let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?;
         Ok(pooled.broadcast_div(&norm)?)
     }

@@ -20,6 +20,7 @@ use crate::encoder::{Encoder, EncoderOptions, TextRole};
 use crate::error::{MlError, Result};
 use crate::gguf::GgufFile;
 use crate::gguf_tokenizer::GgufTokenizer;
+use crate::grad_checkpoint::BlockPass;
 
 /// Values of `general.architecture` that [`load_decoder`] supports.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3", "qwen2", "qwen3"];
@@ -50,6 +51,9 @@ pub trait DecoderLm: Send + Sync + std::fmt::Debug {
     /// `[batch, seq]` (u32) and an attention mask `[batch, seq]` (1 real, 0 padding; left or
     /// right padding).
     fn forward_hidden(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor>;
+    /// [`DecoderLm::forward_hidden`] cut at its blocks, for gradient checkpointing
+    /// ([`crate::grad_checkpoint`]): running the pass whole gives `forward_hidden`.
+    fn train_pass<'a>(&'a self, ids: &Tensor, mask: &Tensor) -> Result<Box<dyn BlockPass + 'a>>;
     /// Next-token logits `[.., vocab]` for hidden states from [`DecoderLm::forward_hidden`].
     fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
     /// Number of blocks (a [`KvCache`] holds one entry per block).

@@ -492,7 +492,11 @@ impl RmsNorm {
     /// a few activations in the next quantized matmul (measured on SmolLM2's first layer).
     /// Training keeps the f32 form (no f64 copies of every activation).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if x.track_op() || x.dtype() != DType::F32 {
+        if x.track_op() {
+            // One graph node instead of five full-size intermediates kept for backward.
+            return crate::train_ops::rms_norm(x, &self.weight, self.eps);
+        }
+        let y = if x.dtype() != DType::F32 {
             let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
             x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
         } else {
@@ -702,6 +706,12 @@ pub fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
 /// Scaled dot-product attention with an additive `bias` `[b, 1, s, s]`:
 /// `softmax(q k^T * scale + bias) v`, on `[b, heads, s, d]` inputs.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: &Tensor) -> Result<Tensor> {
+    if q.track_op() || k.track_op() {
+        // Training: one graph node for scale, mask and softmax (keeps the raw scores and the
+        // probabilities only, not the four intermediates of the composed form).
+        let probs = crate::train_ops::masked_softmax(&q.matmul(&k.t()?)?, bias, scale)?;
+        return Ok(probs.matmul(v)?);
+    }
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
     let probs = softmax_last_dim(&scores)?;
     Ok(probs.matmul(v)?)

@@ -21,6 +21,7 @@ use super::decoder_layers::{
 };
 use crate::error::Result;
 use crate::gguf::GgufFile;
+use crate::grad_checkpoint::{self, BlockPass};
 
 /// Hyper-parameters of a Gemma 3 model, from `gemma3.*` metadata plus Gemma 3's fixed
 /// conventions (see the module docs).
@@ -178,23 +179,15 @@ impl DecoderLm for Gemma3Model {
     }
 
     fn forward_hidden(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let masks = BatchMasks::new(mask, Some(self.cfg.sliding_window), &self.device)?;
-        // Gemma scales the embedding by sqrt(hidden), rounded to the activation dtype (f32).
-        let scale = (self.cfg.dims.hidden as f32).sqrt();
-        let mut x = (self.embed.forward(ids)? * scale as f64)?;
-        for b in &self.blocks {
-            let (rope, bias) = match (&masks.sliding, b.sliding) {
-                (Some(s), true) => (&self.rope_local, s),
-                _ => (&self.rope_global, &masks.full),
-            };
-            let a = b
-                .attn
-                .forward(&b.attn_norm.forward(&x)?, rope, &masks.positions, bias)?;
-            x = (&x + b.post_attn_norm.forward(&a)?)?;
-            let m = b.mlp.forward(&b.ffn_norm.forward(&x)?)?;
-            x = (&x + b.post_ffn_norm.forward(&m)?)?;
-        }
-        self.norm.forward(&x)
+        grad_checkpoint::forward_all(self.train_pass(ids, mask)?.as_ref())
+    }
+
+    fn train_pass<'a>(&'a self, ids: &Tensor, mask: &Tensor) -> Result<Box<dyn BlockPass + 'a>> {
+        Ok(Box::new(Gemma3Pass {
+            model: self,
+            ids: ids.clone(),
+            masks: BatchMasks::new(mask, Some(self.cfg.sliding_window), &self.device)?,
+        }))
     }
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -244,5 +237,43 @@ impl DecoderLm for Gemma3Model {
         cache.advance(n);
         let last = self.norm.forward(&x.narrow(1, n - 1, 1)?)?;
         Ok(self.logits(&last)?.flatten_all()?)
+    }
+}
+
+/// One full-sequence forward of a [`Gemma3Model`], cut at its blocks.
+struct Gemma3Pass<'a> {
+    model: &'a Gemma3Model,
+    ids: Tensor,
+    masks: BatchMasks,
+}
+
+impl BlockPass for Gemma3Pass<'_> {
+    fn stem(&self) -> Result<Tensor> {
+        // Gemma scales the embedding by sqrt(hidden), rounded to the activation dtype (f32).
+        let scale = (self.model.cfg.dims.hidden as f32).sqrt();
+        Ok((self.model.embed.forward(&self.ids)? * scale as f64)?)
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.model.blocks.len()
+    }
+
+    fn block(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let m = self.model;
+        let b = &m.blocks[i];
+        let (rope, bias) = match (&self.masks.sliding, b.sliding) {
+            (Some(s), true) => (&m.rope_local, s),
+            _ => (&m.rope_global, &self.masks.full),
+        };
+        let a = b
+            .attn
+            .forward(&b.attn_norm.forward(x)?, rope, &self.masks.positions, bias)?;
+        let x = (x + b.post_attn_norm.forward(&a)?)?;
+        let h = b.mlp.forward(&b.ffn_norm.forward(&x)?)?;
+        Ok((&x + b.post_ffn_norm.forward(&h)?)?)
+    }
+
+    fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        self.model.norm.forward(x)
     }
 }

@@ -17,6 +17,7 @@ use super::decoder_layers::{
 };
 use crate::error::Result;
 use crate::gguf::GgufFile;
+use crate::grad_checkpoint::{self, BlockPass};
 
 /// Hyper-parameters of a Llama-family model, read from GGUF metadata under the
 /// architecture's prefix (`llama.block_count`, ...).
@@ -165,19 +166,15 @@ impl DecoderLm for LlamaModel {
     }
 
     fn forward_hidden(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let masks = BatchMasks::new(mask, None, &self.device)?;
-        let mut x = self.embed.forward(ids)?;
-        for b in &self.blocks {
-            let a = b.attn.forward(
-                &b.attn_norm.forward(&x)?,
-                &self.rope,
-                &masks.positions,
-                &masks.full,
-            )?;
-            x = (x + a)?;
-            x = (&x + b.mlp.forward(&b.ffn_norm.forward(&x)?)?)?;
-        }
-        self.norm.forward(&x)
+        grad_checkpoint::forward_all(self.train_pass(ids, mask)?.as_ref())
+    }
+
+    fn train_pass<'a>(&'a self, ids: &Tensor, mask: &Tensor) -> Result<Box<dyn BlockPass + 'a>> {
+        Ok(Box::new(LlamaPass {
+            model: self,
+            ids: ids.clone(),
+            masks: BatchMasks::new(mask, None, &self.device)?,
+        }))
     }
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -219,5 +216,38 @@ impl DecoderLm for LlamaModel {
         // vocabulary would cost as much as a few layers.
         let last = self.norm.forward(&x.narrow(1, n - 1, 1)?)?;
         Ok(self.logits(&last)?.flatten_all()?)
+    }
+}
+
+/// One full-sequence forward of a [`LlamaModel`], cut at its blocks.
+struct LlamaPass<'a> {
+    model: &'a LlamaModel,
+    ids: Tensor,
+    masks: BatchMasks,
+}
+
+impl BlockPass for LlamaPass<'_> {
+    fn stem(&self) -> Result<Tensor> {
+        self.model.embed.forward(&self.ids)
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.model.blocks.len()
+    }
+
+    fn block(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let b = &self.model.blocks[i];
+        let a = b.attn.forward(
+            &b.attn_norm.forward(x)?,
+            &self.model.rope,
+            &self.masks.positions,
+            &self.masks.full,
+        )?;
+        let x = (x + a)?;
+        Ok((&x + b.mlp.forward(&b.ffn_norm.forward(&x)?)?)?)
+    }
+
+    fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        self.model.norm.forward(x)
     }
 }
