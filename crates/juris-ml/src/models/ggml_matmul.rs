@@ -75,9 +75,16 @@ const _: () = {
 };
 
 /// `127 / amax` and `amax / 127` of one block, as ggml's x86 `quantize_row_q8_0/1`.
+// The quantizers below are plain loops, no iterator adapters: they are inlined into
+// `Acts::new_avx2`, and an adapter's `fold` would stay an outlined SSE2 function calling
+// libm's `rintf` per value.
+
 #[inline(always)]
 fn scales(xs: &[f32]) -> (f32, f32) {
-    let amax = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let mut amax = 0f32;
+    for &x in xs {
+        amax = amax.max(x.abs());
+    }
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     (d, id)
@@ -85,73 +92,74 @@ fn scales(xs: &[f32]) -> (f32, f32) {
 
 #[inline(always)]
 fn quantize_q8_0(xs: &[f32]) -> Vec<Q8_0> {
-    xs.chunks_exact(QK8)
-        .map(|b| {
-            let (d, id) = scales(b);
-            let mut qs = [0i8; QK8];
-            for (q, &x) in qs.iter_mut().zip(b) {
-                *q = (x * id).round_ties_even() as i8;
-            }
-            Q8_0 {
-                d: f16::from_f32(d),
-                qs,
-            }
-        })
-        .collect()
+    let mut out = Vec::with_capacity(xs.len() / QK8);
+    for b in xs.chunks_exact(QK8) {
+        let (d, id) = scales(b);
+        let mut qs = [0i8; QK8];
+        for (q, &x) in qs.iter_mut().zip(b) {
+            *q = (x * id).round_ties_even() as i8;
+        }
+        out.push(Q8_0 {
+            d: f16::from_f32(d),
+            qs,
+        });
+    }
+    out
 }
 
 #[inline(always)]
 fn quantize_q8_1(xs: &[f32]) -> Vec<Q8_1> {
-    xs.chunks_exact(QK8)
-        .map(|b| {
-            let (d, id) = scales(b);
-            let mut qs = [0i8; QK8];
-            let mut sum = 0i32;
-            for (q, &x) in qs.iter_mut().zip(b) {
-                *q = (x * id).round_ties_even() as i8;
-                sum += *q as i32;
-            }
-            Q8_1 {
-                d: f16::from_f32(d),
-                s: f16::from_f32(d * sum as f32),
-                qs,
-            }
-        })
-        .collect()
+    let mut out = Vec::with_capacity(xs.len() / QK8);
+    for b in xs.chunks_exact(QK8) {
+        let (d, id) = scales(b);
+        let mut qs = [0i8; QK8];
+        let mut sum = 0i32;
+        for (q, &x) in qs.iter_mut().zip(b) {
+            *q = (x * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        out.push(Q8_1 {
+            d: f16::from_f32(d),
+            s: f16::from_f32(d * sum as f32),
+            qs,
+        });
+    }
+    out
 }
 
 /// ggml's `quantize_row_q8_K_ref`: the scale comes from the signed value of largest
 /// magnitude, rounding is to nearest even, quants are capped at 127.
 #[inline(always)]
 fn quantize_q8k(xs: &[f32]) -> Vec<Q8K> {
-    xs.chunks_exact(QK_K)
-        .map(|b| {
-            let (mut max, mut amax) = (0f32, 0f32);
-            for &x in b {
-                if x.abs() > amax {
-                    amax = x.abs();
-                    max = x;
-                }
+    let mut out = Vec::with_capacity(xs.len() / QK_K);
+    for b in xs.chunks_exact(QK_K) {
+        let (mut max, mut amax) = (0f32, 0f32);
+        for &x in b {
+            if x.abs() > amax {
+                amax = x.abs();
+                max = x;
             }
-            let mut y = Q8K {
-                d: 0.0,
-                qs: [0; QK_K],
-                bsums: [0; QK_K / 16],
-            };
-            if amax == 0.0 {
-                return y;
-            }
+        }
+        let mut y = Q8K {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        };
+        if amax != 0.0 {
             let iscale = -127.0 / max;
             for (q, &x) in y.qs.iter_mut().zip(b) {
                 *q = ((iscale * x).round_ties_even() as i32).min(127) as i8;
             }
             for (s, qs) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
-                *s = qs.iter().map(|&q| q as i16).sum();
+                for &q in qs {
+                    *s += q as i16;
+                }
             }
             y.d = 1.0 / iscale;
-            y
-        })
-        .collect()
+        }
+        out.push(y);
+    }
+    out
 }
 
 /// Activation rows quantized into the vec-dot blocks of one weight type, `kb` blocks a
@@ -189,14 +197,15 @@ fn act_kind(dtype: GgmlDType) -> Option<ActKind> {
 }
 
 impl Acts {
-    /// Quantizes the rows of `xs` (each `k` long) as ggml does for `kind`.
-    fn new(kind: ActKind, xs: &[f32], k: usize) -> Acts {
+    /// Quantizes the rows of `xs` as ggml does for `kind` (a row's length is a multiple of
+    /// the block size, so blocks never straddle rows).
+    fn new(kind: ActKind, xs: &[f32]) -> Acts {
         #[cfg(target_arch = "x86_64")]
         if avx2::available() {
             // SAFETY: the features were just detected.
-            return unsafe { Acts::new_avx2(kind, xs, k) };
+            return unsafe { Acts::new_avx2(kind, xs) };
         }
-        Acts::quantize(kind, xs, k)
+        Acts::quantize(kind, xs)
     }
 
     /// [`Acts::quantize`] compiled for AVX2, where rounding to nearest even is one
@@ -204,25 +213,25 @@ impl Acts {
     /// same numbers.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn new_avx2(kind: ActKind, xs: &[f32], k: usize) -> Acts {
-        Acts::quantize(kind, xs, k)
+    unsafe fn new_avx2(kind: ActKind, xs: &[f32]) -> Acts {
+        Acts::quantize(kind, xs)
     }
 
     #[inline(always)]
-    fn quantize(kind: ActKind, xs: &[f32], k: usize) -> Acts {
+    fn quantize(kind: ActKind, xs: &[f32]) -> Acts {
         match kind {
             ActKind::Q8_0 => {
-                let blocks: Vec<Q8_0> = xs.chunks_exact(k).flat_map(quantize_q8_0).collect();
+                let blocks = quantize_q8_0(xs);
                 let d = blocks.iter().map(|b| b.d.to_f32()).collect();
                 Acts::Q8_0 { blocks, d }
             }
             ActKind::Q8_1 => {
-                let blocks: Vec<Q8_1> = xs.chunks_exact(k).flat_map(quantize_q8_1).collect();
+                let blocks = quantize_q8_1(xs);
                 let d = blocks.iter().map(|b| b.d.to_f32()).collect();
                 let s = blocks.iter().map(|b| b.s.to_f32()).collect();
                 Acts::Q8_1 { blocks, d, s }
             }
-            ActKind::Q8K => Acts::Q8K(xs.chunks_exact(k).flat_map(quantize_q8k).collect()),
+            ActKind::Q8K => Acts::Q8K(quantize_q8k(xs)),
         }
     }
 }
@@ -477,7 +486,7 @@ fn rows_per_task(total_rows: usize) -> usize {
 /// in one parallel pass. Each result is `m × nᵢ`, row-major.
 fn matmuls(ws: &[(&[u8], GgmlDType, usize)], xs: &[f32], k: usize, kind: ActKind) -> Vec<Vec<f32>> {
     let m = xs.len() / k;
-    let acts = Acts::new(kind, xs, k);
+    let acts = Acts::new(kind, xs);
     let total: usize = ws.iter().map(|w| w.2).sum();
     let per_task = rows_per_task(total);
     // Outputs column-major (`nᵢ × m`) while computing, so each task owns one contiguous
