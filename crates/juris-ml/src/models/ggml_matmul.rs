@@ -74,11 +74,11 @@ const _: () = {
     assert!(std::mem::align_of::<Q8K>() == std::mem::align_of::<BlockQ8K>());
 };
 
-/// `127 / amax` and `amax / 127` of one block, as ggml's x86 `quantize_row_q8_0/1`.
 // The quantizers below are plain loops, no iterator adapters: they are inlined into
 // `Acts::new_avx2`, and an adapter's `fold` would stay an outlined SSE2 function calling
 // libm's `rintf` per value.
 
+/// `127 / amax` and `amax / 127` of one block, as ggml's x86 `quantize_row_q8_0/1`.
 #[inline(always)]
 fn scales(xs: &[f32]) -> (f32, f32) {
     let mut amax = 0f32;
