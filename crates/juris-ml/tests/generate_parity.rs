@@ -48,17 +48,18 @@
 //! token under that change at some steps. A parting or disagreement at a wider margin fails
 //! the test, as do fewer identical prompts or lower agreement than asserted per model.
 //!
-//! Measured (candle 0.11.1, llama-cpp-python 0.3.36): SmolLM2 315/320 = 98.4% top-1
-//! agreement, 5 of 10 continuations identical; asserted: 98%, 5. Its Q4_1 matmuls are now
+//! Measured (candle 0.11.1, llama-cpp-python 0.3.36): SmolLM2 318/320 = 99.4% top-1
+//! agreement, 7 of 10 continuations identical; asserted: 98%, 5. Its Q4_1 matmuls are
 //! bit-identical to llama.cpp's (ggml's x86 summation order, `models::ggml_matmul`), yet
 //! the count moves with any one-ulp change elsewhere: 315/320 before the three fixes, 317
-//! with them and candle's scalar Q4_1 order, 315 with ggml's order; the seeds left are the
-//! f32 sums of attention, softmax and SiLU. Gemma 3 307/320 = 95.9% (313/320 before the
-//! fixes: with no systematic difference left, the flips land on other steps, and two
-//! prompts alone hold 6 of the 13 misses), 4 of 10 identical, every disagreement at a
-//! reference margin < 0.39 (its near-tie margin is 1.42); asserted: 95%, 4. Issue 5's 99%
-//! and 5 identical would need ggml's summation order in every op (bit-identical sums), not
-//! only the quantized dot products.
+//! with them and candle's scalar Q4_1 order, 315 with ggml's order, 318 since the decode
+//! step attends one token outside candle (other f32 sums in attention). The seeds left
+//! are the f32 sums of attention, softmax and SiLU. Gemma 3 311/320 = 97.2% (307/320
+//! before its Q5_0 dot products took ggml's order; 313/320 before the three fixes: with no
+//! systematic difference left, the flips land on other steps), 4 of 10 identical, every
+//! disagreement at a reference margin < 0.39 (its near-tie margin is 1.42); asserted: 95%,
+//! 4. Issue 5's 99% and 5 identical would need ggml's summation order in every op
+//! (bit-identical sums), not only the quantized dot products.
 //!
 //! Each model is skipped with a message when its file has not been fetched.
 

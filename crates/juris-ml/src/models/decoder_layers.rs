@@ -373,6 +373,21 @@ impl Projection {
         }
     }
 
+    /// The quantized weight and bias when this layer is exactly `x Wᵀ (+ b)` over a
+    /// quantized weight (no adapter), the case [`forward_projections`] fuses.
+    fn plain_quantized(&self) -> Option<(&QTensor, Option<&Tensor>)> {
+        match (&self.base, &self.adapter) {
+            (
+                DecoderLinear::Quantized {
+                    weight: QMatMul::QTensor(q),
+                    bias,
+                },
+                None,
+            ) => Some((q.as_ref(), bias.as_ref())),
+            _ => None,
+        }
+    }
+
     /// `x Wᵀ (+ b)` plus the adapter's update, for `x` `[.., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.base.forward(x)?;
@@ -390,6 +405,39 @@ impl Projection {
             }
         }
     }
+}
+
+/// `[p.forward(x) for p in ps]` for projections of the same input `x`. When every one is
+/// a plain quantized CPU layer (no adapter, no graph), they go through one fused product
+/// ([`ggml_matmul::forward_fused`]): `x` is quantized once and one parallel pass computes
+/// all outputs, with the same numbers as one product at a time.
+pub fn forward_projections<const N: usize>(
+    ps: [&Projection; N],
+    x: &Tensor,
+) -> Result<[Tensor; N]> {
+    let plain: Vec<_> = ps.iter().filter_map(|p| p.plain_quantized()).collect();
+    if plain.len() == N && !x.track_op() {
+        let ws: Vec<&QTensor> = plain.iter().map(|(w, _)| *w).collect();
+        if let Some(ys) = ggml_matmul::forward_fused(&ws, x)? {
+            let mut out = Vec::with_capacity(N);
+            for (y, (_, bias)) in ys.into_iter().zip(&plain) {
+                out.push(match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                });
+            }
+            return Ok(out
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("one output per projection")));
+        }
+    }
+    let mut out = Vec::with_capacity(N);
+    for p in ps {
+        out.push(p.forward(x)?);
+    }
+    Ok(out
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one output per projection")))
 }
 
 /// The token embedding table, optionally also the output projection (tied embeddings).
@@ -496,6 +544,9 @@ impl RmsNorm {
             // One graph node instead of five full-size intermediates kept for backward.
             return crate::train_ops::rms_norm(x, &self.weight, self.eps);
         }
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            return self.forward_host(x);
+        }
         let y = if x.dtype() != DType::F32 {
             let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
             x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
@@ -506,6 +557,36 @@ impl RmsNorm {
             x.broadcast_mul(&(mean + self.eps)?.sqrt()?.recip()?)?
         };
         Ok(y.broadcast_mul(&self.weight)?)
+    }
+
+    /// The inference form on the CPU in plain loops: the same operations as the candle
+    /// ops above, value for value (candle sums f64 sequentially and divides by multiplying
+    /// with the reciprocal), without the ten ops and their allocations per call, which
+    /// showed in decoding (six norms a Gemma layer per token).
+    fn forward_host(&self, x: &Tensor) -> Result<Tensor> {
+        let dim = x.dim(D::Minus1)?;
+        let w = self.weight.to_vec1::<f32>()?;
+        if w.len() != dim {
+            return Err(MlError::Mismatch(format!(
+                "RMSNorm of width {} over rows of {dim}",
+                w.len()
+            )));
+        }
+        let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+        let inv_n = 1.0 / dim as f64;
+        let eps = self.eps as f32;
+        for row in v.chunks_exact_mut(dim) {
+            let mut sum = 0f64;
+            for &a in row.iter() {
+                sum += (a * a) as f64;
+            }
+            let mean = (sum * inv_n) as f32;
+            let r = 1.0 / (mean + eps).sqrt();
+            for (a, &w) in row.iter_mut().zip(&w) {
+                *a = (*a * r) * w;
+            }
+        }
+        Ok(Tensor::from_vec(v, x.shape(), x.device())?)
     }
 }
 
@@ -964,13 +1045,15 @@ impl SelfAttention {
 
     /// Attends new tokens `x` `[1, n, hidden]` (normalized input) at `positions` `[1, n]`
     /// over the keys and values in `cache` plus their own, appending theirs to `cache`.
-    /// `bias` is `[1, 1, n, cached + n]`, or `None` when every key is visible.
+    /// `bias` is `[1, 1, n, cached + n]`, or `None` when every key is visible; `window` is
+    /// the sliding window the bias encodes (`None` for full attention).
     pub fn forward_cached(
         &self,
         x: &Tensor,
         rope: &Rope,
         positions: &Tensor,
         bias: Option<&Tensor>,
+        window: Option<usize>,
         cache: &mut LayerCache,
     ) -> Result<Tensor> {
         let HeadShape {
@@ -979,22 +1062,40 @@ impl SelfAttention {
             head_dim,
             ..
         } = self.shape;
-        let mut q = split_heads(&self.q.forward(x)?, heads, head_dim)?;
-        let mut k = split_heads(&self.k.forward(x)?, kv_heads, head_dim)?;
-        let v = split_heads(&self.v.forward(x)?, kv_heads, head_dim)?;
+        let [q, k, v] = forward_projections([&self.q, &self.k, &self.v], x)?;
+        let mut q = split_heads(&q, heads, head_dim)?;
+        let mut k = split_heads(&k, kv_heads, head_dim)?;
+        let v = split_heads(&v, kv_heads, head_dim)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
         let q = rope.apply(&q, positions)?;
         let k = rope.apply(&k, positions)?;
-        let (k, v) = match cache.kv.take() {
-            Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
-            None => (k.contiguous()?, v.contiguous()?),
+        let (k, v) = if x.device().is_cpu() {
+            let host = cache
+                .host
+                .get_or_insert_with(|| HostKv::new(kv_heads, head_dim));
+            host.append(&k, &v)?;
+            if q.dim(2)? == 1 && !q.track_op() {
+                // One new token: attention over the cache without candle ops (see
+                // `HostKv::attend_one`).
+                let out =
+                    host.attend_one(&q.flatten_all()?.to_vec1::<f32>()?, self.scale, window)?;
+                let out = Tensor::from_vec(out, (1, 1, heads * head_dim), x.device())?;
+                return self.o.forward(&out);
+            }
+            host.tensors(x.device())?
+        } else {
+            let (k, v) = match cache.kv.take() {
+                Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+                None => (k.contiguous()?, v.contiguous()?),
+            };
+            // The cache outlives the step: keeping a LoRA graph alive in it would hold every
+            // step's activations.
+            cache.kv = Some((k.detach(), v.detach()));
+            (k, v)
         };
-        // The cache outlives the step: keeping a LoRA graph alive in it would hold every
-        // step's activations.
-        cache.kv = Some((k.detach(), v.detach()));
         let k = repeat_kv(k, heads / kv_heads)?;
         let v = repeat_kv(v, heads / kv_heads)?;
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
@@ -1007,11 +1108,241 @@ impl SelfAttention {
     }
 }
 
-/// Keys (rotated) and values of one attention layer for the tokens seen so far, each
-/// `[1, kv_heads, tokens, head_dim]`.
+/// Keys (rotated) and values of one attention layer for the tokens seen so far: in host
+/// memory on the CPU ([`HostKv`]), as tensors `[1, kv_heads, tokens, head_dim]` elsewhere.
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache {
     kv: Option<(Tensor, Tensor)>,
+    host: Option<HostKv>,
+}
+
+/// A layer's keys and values on the CPU, token-major (`[tokens, kv_heads, head_dim]`), so
+/// a step appends its rows in place instead of concatenating (copying) the whole cache
+/// into new tensors, as `Tensor::cat` would at every token.
+#[derive(Debug, Clone)]
+pub struct HostKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Below this many multiply-adds an attention step stays on one thread.
+const PARALLEL_ATTENTION_WORK: usize = 1 << 16;
+
+impl HostKv {
+    fn new(kv_heads: usize, head_dim: usize) -> HostKv {
+        HostKv {
+            k: Vec::new(),
+            v: Vec::new(),
+            kv_heads,
+            head_dim,
+        }
+    }
+
+    /// Tokens held.
+    fn len(&self) -> usize {
+        self.k.len() / (self.kv_heads * self.head_dim)
+    }
+
+    /// Appends `k`, `v` (`[1, kv_heads, n, head_dim]`).
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        for (dst, t) in [(&mut self.k, k), (&mut self.v, v)] {
+            let rows = t.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()?;
+            dst.extend_from_slice(&rows);
+        }
+        Ok(())
+    }
+
+    /// Keys and values as tensors `[1, kv_heads, tokens, head_dim]` (a copy), for the
+    /// multi-token path through candle's batched matmuls.
+    fn tensors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
+        let shape = (1, self.len(), self.kv_heads, self.head_dim);
+        let t = |x: &[f32]| -> Result<Tensor> {
+            Ok(Tensor::from_slice(x, shape, device)?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        Ok((t(&self.k)?, t(&self.v)?))
+    }
+
+    /// Attention of the newest token (the last one appended): `q` holds its query heads
+    /// (`[heads, head_dim]`, rotated); each head attends the keys of its group
+    /// (`head / (heads / kv_heads)`, as [`repeat_kv`] pairs them) that a query at the last
+    /// position sees (all of them, or the last `window`). Softmax as candle's kernel
+    /// computes it: max, `exp(s - max)`, divided by the sum. Returns `[heads, head_dim]`.
+    fn attend_one(&self, q: &[f32], scale: f64, window: Option<usize>) -> Result<Vec<f32>> {
+        let (kvh, hd) = (self.kv_heads, self.head_dim);
+        let heads = q.len() / hd;
+        let t = self.len();
+        if heads == 0 || !heads.is_multiple_of(kvh) || q.len() != heads * hd || t == 0 {
+            return Err(MlError::Mismatch(format!(
+                "attention step: {} query values for {kvh} key/value heads of width {hd} over {t} tokens",
+                q.len()
+            )));
+        }
+        let first = window.map_or(0, |w| t.saturating_sub(w));
+        let rep = heads / kvh;
+        let scale = scale as f32;
+        let mut out = vec![0f32; heads * hd];
+        let head = |h: usize, o: &mut [f32]| {
+            let keys = HeadKeys {
+                k: &self.k,
+                v: &self.v,
+                stride: kvh * hd,
+                offset: h / rep * hd,
+                hd,
+                span: first..t,
+            };
+            let qh = &q[h * hd..(h + 1) * hd];
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the features were just detected.
+                unsafe { attend_head_avx2(qh, scale, &keys, o) };
+                return;
+            }
+            attend_head::<PortableDot>(qh, scale, &keys, o);
+        };
+        if 2 * heads * (t - first) * hd >= PARALLEL_ATTENTION_WORK {
+            use rayon::prelude::*;
+            out.par_chunks_mut(hd)
+                .enumerate()
+                .for_each(|(h, o)| head(h, o));
+        } else {
+            out.chunks_mut(hd).enumerate().for_each(|(h, o)| head(h, o));
+        }
+        Ok(out)
+    }
+}
+
+/// The keys and values one query head attends: token `j`'s row starts at
+/// `j · stride + offset` in `k` and `v`.
+struct HeadKeys<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    stride: usize,
+    offset: usize,
+    hd: usize,
+    span: std::ops::Range<usize>,
+}
+
+/// [`attend_head`] compiled for AVX2 (the crate's baseline is SSE2), with an FMA dot
+/// product in two register accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_head_avx2(q: &[f32], scale: f32, keys: &HeadKeys, out: &mut [f32]) {
+    attend_head::<Avx2Dot>(q, scale, keys, out)
+}
+
+/// A dot product for [`attend_head`].
+trait Dot {
+    fn dot(a: &[f32], b: &[f32]) -> f32;
+}
+
+/// [`dot`], for any target.
+struct PortableDot;
+
+impl Dot for PortableDot {
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot(a, b)
+    }
+}
+
+/// [`dot_avx2`]; only for code that has checked the features ([`attend_head_avx2`]).
+#[cfg(target_arch = "x86_64")]
+struct Avx2Dot;
+
+#[cfg(target_arch = "x86_64")]
+impl Dot for Avx2Dot {
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: only `attend_head_avx2` uses this type, after detecting the features.
+        unsafe { dot_avx2(a, b) }
+    }
+}
+
+/// `Σ aᵢ·bᵢ` in two 8-lane FMA accumulators (a plain array of partial sums stayed on the
+/// stack, one store-to-load round trip per 8 products).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 16 <= n {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+        s1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i + 8)),
+            _mm256_loadu_ps(pb.add(i + 8)),
+            s1,
+        );
+        i += 16;
+    }
+    if i + 8 <= n {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+        i += 8;
+    }
+    let s = _mm256_add_ps(s0, s1);
+    let r = _mm_add_ps(_mm256_extractf128_ps(s, 1), _mm256_castps256_ps128(s));
+    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    let mut sum = _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
+    while i < n {
+        sum += a[i] * b[i];
+        i += 1;
+    }
+    sum
+}
+
+/// One head's `softmax(q·kⱼ · scale) · vⱼ` over `keys.span`, added into `out`. Plain
+/// loops: an iterator adapter's `fold` would stay an outlined function compiled for the
+/// baseline instead of being inlined into [`attend_head_avx2`]. (Attending a key/value
+/// group's query heads together, loading each row once for all of them, measured no
+/// faster: the rows come from memory either way, and fewer tasks balance worse.)
+#[inline(always)]
+fn attend_head<D: Dot>(q: &[f32], scale: f32, keys: &HeadKeys, out: &mut [f32]) {
+    let hd = keys.hd;
+    let mut scores = Vec::with_capacity(keys.span.len());
+    let mut max = f32::NEG_INFINITY;
+    for j in keys.span.clone() {
+        let start = j * keys.stride + keys.offset;
+        let s = D::dot(q, &keys.k[start..start + hd]) * scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    for (s, j) in scores.iter().zip(keys.span.clone()) {
+        let p = s / sum;
+        let start = j * keys.stride + keys.offset;
+        for (o, &v) in out.iter_mut().zip(&keys.v[start..start + hd]) {
+            *o += p * v;
+        }
+    }
+}
+
+/// `Σ aᵢ·bᵢ` over 8 interleaved partial sums (so the compiler vectorizes it), added in a
+/// fixed order.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + tail
 }
 
 /// The KV cache of a whole decoder for one sequence: one [`LayerCache`] per block and the
@@ -1044,7 +1375,7 @@ impl KvCache {
     /// Forgets every token (a new conversation).
     pub fn clear(&mut self) {
         for l in &mut self.layers {
-            l.kv = None;
+            *l = LayerCache::default();
         }
         self.len = 0;
     }
@@ -1063,6 +1394,18 @@ impl KvCache {
     /// Records that `n` more tokens went through every layer.
     pub fn advance(&mut self, n: usize) {
         self.len += n;
+    }
+}
+
+/// Runs `f` on a thread of rayon's pool (directly when already on one). A decoding step
+/// runs ~200 parallel products; started from an outside thread, each would be handed to the
+/// pool while the caller blocks (a sleep and a wake-up per product). From a worker, the
+/// products split their work with the other workers by work stealing.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
     }
 }
 
@@ -1191,7 +1534,7 @@ impl GatedMlp {
 
     /// Applies the MLP to `[.., hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate.forward(x)?;
+        let [g, up] = forward_projections([&self.gate, &self.up], x)?;
         let g = match self.act {
             GateActivation::Silu => candle_nn::ops::silu(&g)?,
             // The table has no backward: a graph (LoRA training) takes candle's GELU, as
@@ -1201,7 +1544,7 @@ impl GatedMlp {
             }
             GateActivation::GeluTanh => g.gelu()?,
         };
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        self.down.forward(&(g * up)?)
     }
 }
 

@@ -15,9 +15,9 @@ use candle_core::{Device, Tensor};
 
 use super::decoder::DecoderLm;
 use super::decoder_layers::{
-    block_projections, block_projections_mut, linear_rope_scaling, step_inputs, vocab_size,
-    BatchMasks, DecoderDims, GateActivation, GatedMlp, HeadShape, KvCache, OutputHead, Projection,
-    RmsNorm, Rope, SelfAttention, TokenEmbedding, WeightMode,
+    block_projections, block_projections_mut, linear_rope_scaling, on_pool, step_inputs,
+    vocab_size, BatchMasks, DecoderDims, GateActivation, GatedMlp, HeadShape, KvCache, OutputHead,
+    Projection, RmsNorm, Rope, SelfAttention, TokenEmbedding, WeightMode,
 };
 use crate::error::Result;
 use crate::gguf::GgufFile;
@@ -207,14 +207,21 @@ impl DecoderLm for Gemma3Model {
     }
 
     fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        on_pool(|| self.step(ids, cache))
+    }
+}
+
+impl Gemma3Model {
+    fn step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let offset = cache.len();
         // Sliding layers keep every key and mask the old ones out: simpler than a ring
         // buffer, and the memory is small for the context lengths a CPU generates.
+        let window = self.cfg.sliding_window;
         let (ids, positions, bias) = step_inputs(
             ids,
             offset,
             self.cfg.dims.context,
-            Some(self.cfg.sliding_window),
+            Some(window),
             &self.device,
         )?;
         let n = ids.dim(1)?;
@@ -222,14 +229,19 @@ impl DecoderLm for Gemma3Model {
         let scale = (self.cfg.dims.hidden as f32).sqrt();
         let mut x = (self.embed.forward(&ids)? * scale as f64)?;
         for (b, lc) in self.blocks.iter().zip(layers.iter_mut()) {
-            let (rope, bias) = if b.sliding {
-                (&self.rope_local, bias.sliding.as_ref())
+            let (rope, bias, window) = if b.sliding {
+                (&self.rope_local, bias.sliding.as_ref(), Some(window))
             } else {
-                (&self.rope_global, bias.full.as_ref())
+                (&self.rope_global, bias.full.as_ref(), None)
             };
-            let a = b
-                .attn
-                .forward_cached(&b.attn_norm.forward(&x)?, rope, &positions, bias, lc)?;
+            let a = b.attn.forward_cached(
+                &b.attn_norm.forward(&x)?,
+                rope,
+                &positions,
+                bias,
+                window,
+                lc,
+            )?;
             x = (&x + b.post_attn_norm.forward(&a)?)?;
             let m = b.mlp.forward(&b.ffn_norm.forward(&x)?)?;
             x = (&x + b.post_ffn_norm.forward(&m)?)?;

@@ -11,9 +11,9 @@ use candle_core::{Device, Tensor};
 
 use super::decoder::DecoderLm;
 use super::decoder_layers::{
-    block_projections, block_projections_mut, linear_rope_scaling, step_inputs, vocab_size,
-    BatchMasks, DecoderDims, GateActivation, GatedMlp, HeadShape, KvCache, OutputHead, Projection,
-    RmsNorm, Rope, SelfAttention, TokenEmbedding, WeightMode,
+    block_projections, block_projections_mut, linear_rope_scaling, on_pool, step_inputs,
+    vocab_size, BatchMasks, DecoderDims, GateActivation, GatedMlp, HeadShape, KvCache, OutputHead,
+    Projection, RmsNorm, Rope, SelfAttention, TokenEmbedding, WeightMode,
 };
 use crate::error::Result;
 use crate::gguf::GgufFile;
@@ -194,6 +194,12 @@ impl DecoderLm for LlamaModel {
     }
 
     fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        on_pool(|| self.step(ids, cache))
+    }
+}
+
+impl LlamaModel {
+    fn step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let offset = cache.len();
         let (ids, positions, bias) =
             step_inputs(ids, offset, self.cfg.dims.context, None, &self.device)?;
@@ -206,6 +212,7 @@ impl DecoderLm for LlamaModel {
                 &self.rope,
                 &positions,
                 bias.full.as_ref(),
+                None,
                 lc,
             )?;
             x = (x + a)?;
