@@ -21,7 +21,7 @@ for name in "$@"; do
     coliee_en_e5|coliee_en_e5_*) ds=coliee_statute_en; model=e5-small; lang=en; an=en-snowball ;;
     jordan_e5) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
     jordan_e5_p2) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
-    jordan_gemma) ds=jordan_law_qa_ar; model=gemma3-270m; lang=ar; an=ar-snowball ;;
+    jordan_gemma|jordan_gemma_*) ds=jordan_law_qa_ar; model=gemma3-270m; lang=ar; an=ar-snowball ;;
     *) echo "unknown run $name"; continue ;;
   esac
   t0=$(date +%s)
