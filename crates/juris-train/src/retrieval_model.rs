@@ -25,6 +25,9 @@ use juris_ml::TextRole;
 
 use crate::error::{Result, TrainError};
 
+/// A pass's pooling head: final hidden states → L2-normalized embeddings.
+type PoolHead<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
+
 /// One differentiable forward pass of a [`RetrievalModel`] over a batch of texts: the model
 /// cut at its blocks (run whole, or checkpointed by the trainer), the pooling head, and the
 /// token counts the batch was built with.
@@ -32,7 +35,7 @@ pub struct TrainPass<'a> {
     /// The model's blocks over the batch; the adapter's dropout seed applies when they run.
     pub blocks: Box<dyn BlockPass + 'a>,
     /// Final hidden states (after [`BlockPass::finish`]) → L2-normalized embeddings.
-    pool: Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>,
+    pool: PoolHead<'a>,
     /// Tokens of each text as fed to the model (special tokens included, truncated,
     /// padding excluded); for throughput records.
     pub lengths: Vec<usize>,
