@@ -275,152 +275,110 @@ impl CustomOp1 for MaskedSoftmax {
 /// training). Keeps only `x` and the output; the backward recomputes the statistics.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let x = packed(x)?;
-    Ok(x.apply_op1(LayerNormFrozen {
+    Ok(x.apply_op1(FrozenNorm {
         w: w.detach(),
-        b: b.detach(),
+        b: Some(b.detach()),
         eps,
     })?)
-}
-
-struct LayerNormFrozen {
-    w: Tensor,
-    b: Tensor,
-    eps: f64,
-}
-
-impl LayerNormFrozen {
-    fn rows<T: num_like::Float>(&self, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
-        let n = w.len();
-        let nf = T::from_f64(n as f64);
-        let eps = T::from_f64(self.eps);
-        let mut out = vec![T::zero(); x.len()];
-        out.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .for_each(|(o, xs)| {
-                let mut sum = T::zero();
-                for &v in xs {
-                    sum = sum + v;
-                }
-                let mean = sum / nf;
-                let mut sq = T::zero();
-                for &v in xs {
-                    sq = sq + (v - mean) * (v - mean);
-                }
-                let denom = (sq / nf + eps).sqrt();
-                for (k, (o, &v)) in o.iter_mut().zip(xs).enumerate() {
-                    *o = (v - mean) / denom * w[k] + b[k];
-                }
-            });
-        out
-    }
-}
-
-impl CustomOp1 for LayerNormFrozen {
-    fn name(&self) -> &'static str {
-        "juris-layer-norm"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(v) => {
-                let (w, b) = (
-                    self.w.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-                    self.b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-                );
-                CpuStorage::F32(self.rows(contiguous(v, l, "layer norm")?, &w, &b))
-            }
-            CpuStorage::F64(v) => {
-                let (w, b) = (
-                    self.w.to_dtype(DType::F64)?.to_vec1::<f64>()?,
-                    self.b.to_dtype(DType::F64)?.to_vec1::<f64>()?,
-                );
-                CpuStorage::F64(self.rows(contiguous(v, l, "layer norm")?, &w, &b))
-            }
-            other => return Err(unsupported("layer norm", other.dtype())),
-        };
-        Ok((out, l.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let x = cuda::tensor_of(s, l)?;
-        cuda::storage_of(&candle_nn::ops::layer_norm(
-            &x,
-            &self.w,
-            &self.b,
-            self.eps as f32,
-        )?)
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)), ĝ = g ⊙ w, x̂ = (x − mean) · rstd.
-        let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-            .sqrt()?
-            .recip()?;
-        let xhat = xc.broadcast_mul(&rstd)?;
-        let gw = g.broadcast_mul(&self.w)?;
-        let inner = gw
-            .broadcast_sub(&gw.mean_keepdim(D::Minus1)?)?
-            .sub(&xhat.broadcast_mul(&(&gw * &xhat)?.mean_keepdim(D::Minus1)?)?)?;
-        Ok(Some(inner.broadcast_mul(&rstd)?))
-    }
 }
 
 /// RMSNorm over the last dimension, `x / sqrt(mean(x²) + eps) · w`, with a frozen weight
 /// `w` (`[hidden]`). Differentiable in `x` only; keeps only `x` and the output.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let x = packed(x)?;
-    Ok(x.apply_op1(RmsNormFrozen { w: w.detach(), eps })?)
+    Ok(x.apply_op1(FrozenNorm {
+        w: w.detach(),
+        b: None,
+        eps,
+    })?)
 }
 
-struct RmsNormFrozen {
+/// LayerNorm (with a bias: rows centred first) or RMSNorm (without: not centred) with frozen
+/// parameters: one op for both, as they differ only in the centring and the bias.
+struct FrozenNorm {
     w: Tensor,
+    /// LayerNorm's bias; `None` makes the op RMSNorm.
+    b: Option<Tensor>,
     eps: f64,
 }
 
-impl RmsNormFrozen {
-    fn rows<T: num_like::Float>(&self, x: &[T], w: &[T]) -> Vec<T> {
+impl FrozenNorm {
+    fn centred(&self) -> bool {
+        self.b.is_some()
+    }
+
+    fn what(&self) -> &'static str {
+        if self.centred() {
+            "layer norm"
+        } else {
+            "rms norm"
+        }
+    }
+
+    fn rows<T: num_like::Float>(&self, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
         let n = w.len();
         let nf = T::from_f64(n as f64);
         let eps = T::from_f64(self.eps);
+        let centred = self.centred();
         let mut out = vec![T::zero(); x.len()];
         out.par_chunks_mut(n)
             .zip(x.par_chunks(n))
             .for_each(|(o, xs)| {
+                // RMSNorm's mean is 0, and `v - 0` is `v` exactly.
+                let mut mean = T::zero();
+                if centred {
+                    let mut sum = T::zero();
+                    for &v in xs {
+                        sum = sum + v;
+                    }
+                    mean = sum / nf;
+                }
                 let mut sq = T::zero();
                 for &v in xs {
-                    sq = sq + v * v;
+                    sq = sq + (v - mean) * (v - mean);
                 }
                 let denom = (sq / nf + eps).sqrt();
                 for (k, (o, &v)) in o.iter_mut().zip(xs).enumerate() {
-                    *o = v / denom * w[k];
+                    let y = (v - mean) / denom * w[k];
+                    *o = match b {
+                        Some(b) => y + b[k],
+                        None => y,
+                    };
                 }
             });
         out
     }
 }
 
-impl CustomOp1 for RmsNormFrozen {
+impl CustomOp1 for FrozenNorm {
     fn name(&self) -> &'static str {
-        "juris-rms-norm"
+        if self.centred() {
+            "juris-layer-norm"
+        } else {
+            "juris-rms-norm"
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let what = self.what();
         let out = match s {
             CpuStorage::F32(v) => {
                 let w = self.w.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                CpuStorage::F32(self.rows(contiguous(v, l, "rms norm")?, &w))
+                let b = match &self.b {
+                    Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                    None => None,
+                };
+                CpuStorage::F32(self.rows(contiguous(v, l, what)?, &w, b.as_deref()))
             }
             CpuStorage::F64(v) => {
                 let w = self.w.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-                CpuStorage::F64(self.rows(contiguous(v, l, "rms norm")?, &w))
+                let b = match &self.b {
+                    Some(b) => Some(b.to_dtype(DType::F64)?.to_vec1::<f64>()?),
+                    None => None,
+                };
+                CpuStorage::F64(self.rows(contiguous(v, l, what)?, &w, b.as_deref()))
             }
-            other => return Err(unsupported("rms norm", other.dtype())),
+            other => return Err(unsupported(what, other.dtype())),
         };
         Ok((out, l.shape().clone()))
     }
@@ -432,21 +390,33 @@ impl CustomOp1 for RmsNormFrozen {
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let x = cuda::tensor_of(s, l)?;
-        cuda::storage_of(&candle_nn::ops::rms_norm(
-            &x,
-            &self.w.to_dtype(x.dtype())?,
-            self.eps as f32,
-        )?)
+        let y = match &self.b {
+            Some(b) => candle_nn::ops::layer_norm(&x, &self.w, b, self.eps as f32)?,
+            None => candle_nn::ops::rms_norm(&x, &self.w.to_dtype(x.dtype())?, self.eps as f32)?,
+        };
+        cuda::storage_of(&y)
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // dx = r · (ĝ − x̂ · mean(ĝ ⊙ x̂)), ĝ = g ⊙ w, x̂ = x · r, r = 1 / rms(x).
-        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+        // dx = r · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)), ĝ = g ⊙ w, x̂ = x_c · r,
+        // r = 1 / sqrt(mean(x_c²) + eps); x_c = x − mean(x) and the mean(ĝ) term only for
+        // LayerNorm (RMSNorm does not centre).
+        let xc = if self.centred() {
+            x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?
+        } else {
+            x.clone()
+        };
+        let r = (xc.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
             .sqrt()?
             .recip()?;
-        let xhat = x.broadcast_mul(&r)?;
+        let xhat = xc.broadcast_mul(&r)?;
         let gw = g.broadcast_mul(&self.w.to_dtype(g.dtype())?)?;
-        let inner = gw.sub(&xhat.broadcast_mul(&(&gw * &xhat)?.mean_keepdim(D::Minus1)?)?)?;
+        let gw_c = if self.centred() {
+            gw.broadcast_sub(&gw.mean_keepdim(D::Minus1)?)?
+        } else {
+            gw.clone()
+        };
+        let inner = gw_c.sub(&xhat.broadcast_mul(&(&gw * &xhat)?.mean_keepdim(D::Minus1)?)?)?;
         Ok(Some(inner.broadcast_mul(&r)?))
     }
 }

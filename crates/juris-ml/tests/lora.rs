@@ -7,19 +7,12 @@ use juris_ml::models::bert::Pooling;
 use juris_ml::models::tiny::tiny_random_encoder;
 use juris_ml::{Encoder, TextRole};
 
-const ALL: [&str; 6] = [
-    "query",
-    "key",
-    "value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-];
+const ALL: &[&str] = juris_ml::lora::BERT_LORA_TARGETS;
 
 /// An adapter on every linear layer with `B` random too (fresh `B` is zero, which would make
 /// every gradient of `A` zero and the check vacuous).
 fn random_lora(enc: &juris_ml::models::bert::BertEncoder, dtype: DType, seed: u64) -> LoraTrain {
-    let cfg = LoraConfig::new(2, 4.0, 0.0, &ALL, "tiny");
+    let cfg = LoraConfig::new(2, 4.0, 0.0, ALL, "tiny");
     let modules = enc.model().linears();
     let lora = LoraTrain::init(cfg, &modules, seed, dtype, &Device::Cpu).unwrap();
     let mut rng = SplitMix64(seed ^ 0xabc);
