@@ -10,15 +10,15 @@
 //! (dropout: the mask is drawn again from it), so a training step keeps about a third
 //! less (measured on MiniLM: see `examples/train_step_memory.rs` in juris-train).
 //!
-//! Forwards run on the CPU as loops here and on CUDA through candle's own kernels (the fused
-//! softmax and LayerNorm) on a copy of the input; backwards are composed of candle ops and
-//! so run anywhere.
+//! Forwards run on the CPU as loops here and on CUDA as one kernel each
+//! (`src/cuda/train_ops.cu`: no input copy, one launch); backwards are composed of candle
+//! ops and so run anywhere.
 //!
 //! Dropout masks come from a counter-based stream: element `i` of a tensor dropped with seed
 //! `s` keeps or drops by the `i`-th output of SplitMix64 seeded with `s`, computed
 //! directly from `i` (so rows are drawn in parallel, and a recomputation or a resumed run
-//! draws the same mask). On CUDA the mask is drawn on the device by cuRAND's Philox
-//! generator seeded with `s` — reproducible on the device, not equal to the CPU's mask.
+//! draws the same mask). The CUDA kernel computes the same stream, so a mask drawn on the
+//! GPU equals the CPU's.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
@@ -148,11 +148,7 @@ impl CustomOp1 for Dropout {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let x = cuda::tensor_of(s, l)?;
-        let u = cuda::uniform(s, l.shape(), self.seed)?;
-        // cuRAND's uniforms lie in (0, 1]: `u > p` keeps with probability 1 - p.
-        let mask = (u.gt(self.p)?.to_dtype(x.dtype())? * (1.0 / (1.0 - self.p)))?;
-        cuda::storage_of(&(x * mask)?)
+        cuda::dropout(s, l, self.p, self.seed, self.threshold())
     }
 
     fn bwd(
@@ -258,9 +254,7 @@ impl CustomOp1 for MaskedSoftmax {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let x = cuda::tensor_of(s, l)?;
-        let z = (x * self.scale)?.broadcast_add(&self.mask)?;
-        cuda::storage_of(&candle_nn::ops::softmax_last_dim(&z)?)
+        cuda::masked_softmax(s, l, &self.mask, self.scale)
     }
 
     fn bwd(&self, _arg: &Tensor, p: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -389,12 +383,7 @@ impl CustomOp1 for FrozenNorm {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let x = cuda::tensor_of(s, l)?;
-        let y = match &self.b {
-            Some(b) => candle_nn::ops::layer_norm(&x, &self.w, b, self.eps as f32)?,
-            None => candle_nn::ops::rms_norm(&x, &self.w.to_dtype(x.dtype())?, self.eps as f32)?,
-        };
-        cuda::storage_of(&y)
+        cuda::frozen_norm(s, l, &self.w, self.b.as_ref(), self.eps)
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -465,71 +454,266 @@ mod num_like {
     float!(f64);
 }
 
-/// The CUDA forwards: candle's kernels on a tensor copied from the op's input storage,
-/// and cuRAND for dropout uniforms.
+/// The CUDA forwards: one kernel each from `src/cuda/train_ops.cu` (PTX built by build.rs),
+/// reading the op's input in place and writing a fresh output.
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::curand::{result as curand, sys};
-    use candle_core::cuda_backend::cudarc::driver::DevicePtrMut;
-    use candle_core::op::BackpropOp;
-    use candle_core::{CudaStorage, Layout, Shape, Storage, Tensor};
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaStorage, DType, Layout, Shape, Storage, Tensor};
 
-    /// The op's input as a tensor of its own (a device copy; inputs start at offset 0 and
-    /// are contiguous, which the wrappers ensure).
-    pub fn tensor_of(s: &CudaStorage, l: &Layout) -> candle_core::Result<Tensor> {
-        if !l.is_contiguous() || l.start_offset() != 0 {
-            candle_core::bail!("fused training op: the input must be packed")
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train_ops.ptx"));
+    const MODULE: &str = "juris_train_ops";
+    /// Threads per block of the row kernels: 4 warps, one row each.
+    const ROW_BLOCK: u32 = 128;
+
+    fn bail<T>(msg: String) -> candle_core::Result<T> {
+        Err(candle_core::Error::Msg(msg))
+    }
+
+    /// `base` with the kernel suffix of `dtype` (the kernels exist for f32 and f64).
+    fn kernel(base: &str, dtype: DType) -> candle_core::Result<String> {
+        match dtype {
+            DType::F32 => Ok(format!("{base}_f32")),
+            DType::F64 => Ok(format!("{base}_f64")),
+            other => bail(format!(
+                "{base}: dtype {other:?} is not supported on CUDA (f32, f64)"
+            )),
         }
-        Ok(Tensor::from_storage(
-            Storage::Cuda(s.try_clone(l)?),
+    }
+
+    /// The contiguous elements `l` describes in `s`.
+    fn view<'a, T: CudaDType>(
+        s: &'a CudaStorage,
+        l: &Layout,
+        op: &str,
+    ) -> candle_core::Result<CudaView<'a, T>> {
+        match l.contiguous_offsets() {
+            Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
+            None => bail(format!("{op}: the input is not contiguous")),
+        }
+    }
+
+    /// A frozen parameter (weight or bias) as a packed tensor of `dtype` on the op's device.
+    fn param(t: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+        t.to_dtype(dtype)?.contiguous()
+    }
+
+    fn rows_config(rows: usize) -> LaunchConfig {
+        let warps_per_block = (ROW_BLOCK / 32) as usize;
+        LaunchConfig {
+            grid_dim: (rows.div_ceil(warps_per_block).max(1) as u32, 1, 1),
+            block_dim: (ROW_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// Float types the kernels take.
+    trait Float: CudaDType + DeviceRepr + Copy {
+        fn from_f64(v: f64) -> Self;
+    }
+    impl Float for f32 {
+        fn from_f64(v: f64) -> f32 {
+            v as f32
+        }
+    }
+    impl Float for f64 {
+        fn from_f64(v: f64) -> f64 {
+            v
+        }
+    }
+
+    macro_rules! by_dtype {
+        ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
+            match $dtype {
+                DType::F32 => $f::<f32>($($arg),*),
+                DType::F64 => $f::<f64>($($arg),*),
+                other => bail(format!("dtype {other:?} is not supported on CUDA (f32, f64)")),
+            }
+        };
+    }
+
+    /// Dropout: element `i` kept (scaled by `1 / (1 - p)`) unless its SplitMix64 draw is
+    /// below `threshold` — the CPU's mask, bit for bit.
+    pub fn dropout(
+        s: &CudaStorage,
+        l: &Layout,
+        p: f64,
+        seed: u64,
+        threshold: u64,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        by_dtype!(s.dtype(), dropout_t(s, l, p, seed, threshold))
+    }
+
+    fn dropout_t<T: Float>(
+        s: &CudaStorage,
+        l: &Layout,
+        p: f64,
+        seed: u64,
+        threshold: u64,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        let x = view::<T>(s, l, "dropout")?;
+        let n = l.shape().elem_count();
+        // SAFETY: every element is written by the kernel below (n > 0) or there are none.
+        let y = unsafe { dev.alloc::<T>(n.max(1)) }?;
+        if n > 0 {
+            let f =
+                dev.get_or_load_custom_func(&kernel("juris_dropout", s.dtype())?, MODULE, PTX)?;
+            let (n64, keep) = (n as u64, T::from_f64(1.0 / (1.0 - p)));
+            let mut b = f.builder();
+            b.arg(&x)
+                .arg(&y)
+                .arg(&n64)
+                .arg(&seed)
+                .arg(&threshold)
+                .arg(&keep);
+            let cfg = LaunchConfig::for_num_elems(n.min(1 << 24) as u32);
+            // SAFETY: argument types and order match the kernel's signature.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev.clone()),
             l.shape().clone(),
-            BackpropOp::none(),
-            false,
         ))
     }
 
-    /// The storage of a result computed with candle ops (a device copy).
-    pub fn storage_of(t: &Tensor) -> candle_core::Result<(CudaStorage, Shape)> {
-        let t = t.contiguous()?;
-        let (st, l) = t.storage_and_layout();
-        match &*st {
-            Storage::Cuda(c) if l.start_offset() == 0 => Ok((c.try_clone(l)?, l.shape().clone())),
-            _ => candle_core::bail!("fused training op: expected a packed CUDA result"),
-        }
+    /// `softmax(scores · scale + mask)` over the last dimension; `mask` is a broadcast view
+    /// of the scores' shape.
+    pub fn masked_softmax(
+        s: &CudaStorage,
+        l: &Layout,
+        mask: &Tensor,
+        scale: f64,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        by_dtype!(s.dtype(), masked_softmax_t(s, l, mask, scale))
     }
 
-    /// Uniforms in (0, 1] of `shape` (f32) from cuRAND's Philox generator seeded with
-    /// `seed`: a counter-based generator, so seeding per call costs nothing (candle's
-    /// `set_seed` builds an XORWOW generator whose state setup runs on every seed).
-    pub fn uniform(like: &CudaStorage, shape: &Shape, seed: u64) -> candle_core::Result<Tensor> {
-        let dev = like.device().clone();
-        let stream = dev.cuda_stream();
-        let n = shape.elem_count();
-        let wrap = |e: curand::CurandError| candle_core::Error::Msg(format!("cuRAND: {e:?}"));
-        let mut buf = dev.alloc_zeros::<f32>(n.max(1))?;
-        let gen =
-            curand::create_generator_kind(sys::curandRngType_t::CURAND_RNG_PSEUDO_PHILOX4_32_10)
-                .map_err(wrap)?;
-        // SAFETY: `gen` was just created and is destroyed below on every path; `buf` holds
-        // `n` f32 values on the stream the generator runs on.
-        let filled = unsafe {
-            curand::set_stream(gen, stream.cu_stream() as _)
-                .and_then(|_| curand::set_seed(gen, seed))
-                .and_then(|_| curand::set_offset(gen, 0))
-                .and_then(|_| {
-                    let (ptr, _record) = buf.device_ptr_mut(&stream);
-                    curand::generate::uniform_f32(gen, ptr as *mut f32, n)
-                })
+    fn masked_softmax_t<T: Float>(
+        s: &CudaStorage,
+        l: &Layout,
+        mask: &Tensor,
+        scale: f64,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        let x = view::<T>(s, l, "masked softmax")?;
+        let (ms, ml) = mask.storage_and_layout();
+        let Storage::Cuda(mc) = &*ms else {
+            return bail("masked softmax: mask and scores on different devices".into());
         };
-        // SAFETY: created above, not used after this.
-        let destroyed = unsafe { curand::destroy_generator(gen) };
-        filled.map_err(wrap)?;
-        destroyed.map_err(wrap)?;
-        let storage = CudaStorage::wrap_cuda_slice(buf, dev);
-        Tensor::from_storage(Storage::Cuda(storage), n.max(1), BackpropOp::none(), false)
-            .narrow(0, 0, n)?
-            .reshape(shape)
+        let (dims, st) = (ml.dims(), ml.stride());
+        if dims.len() != 4 || l.dims() != dims {
+            return bail("masked softmax: scores must be [batch, heads, q, k]".into());
+        }
+        let m = mc.as_cuda_slice::<T>()?;
+        let n = dims[3];
+        let rows = l.shape().elem_count() / n.max(1);
+        // SAFETY: the kernel writes every element of every row.
+        let y = unsafe { dev.alloc::<T>((rows * n).max(1)) }?;
+        if rows * n > 0 {
+            let name = kernel("juris_masked_softmax", s.dtype())?;
+            let f = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+            let [rows64, n64, d1, d2, moff, s0, s1, s2, s3] = [
+                rows,
+                n,
+                dims[1],
+                dims[2],
+                ml.start_offset(),
+                st[0],
+                st[1],
+                st[2],
+                st[3],
+            ]
+            .map(|v| v as u64);
+            let scale = T::from_f64(scale);
+            let mut b = f.builder();
+            b.arg(&x)
+                .arg(m)
+                .arg(&y)
+                .arg(&rows64)
+                .arg(&n64)
+                .arg(&d1)
+                .arg(&d2);
+            b.arg(&moff).arg(&s0).arg(&s1).arg(&s2).arg(&s3).arg(&scale);
+            // SAFETY: argument types and order match the kernel's signature; the mask's
+            // strides address only its own elements.
+            unsafe { b.launch(rows_config(rows)) }.w()?;
+        }
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            l.shape().clone(),
+        ))
+    }
+
+    /// LayerNorm (`b` given) or RMSNorm over the last dimension with frozen `w` (and `b`).
+    pub fn frozen_norm(
+        s: &CudaStorage,
+        l: &Layout,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        eps: f64,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        by_dtype!(s.dtype(), frozen_norm_t(s, l, w, b, eps))
+    }
+
+    fn frozen_norm_t<T: Float>(
+        s: &CudaStorage,
+        l: &Layout,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        eps: f64,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        let x = view::<T>(s, l, "norm")?;
+        let w = param(w, s.dtype())?;
+        let n = w.elem_count();
+        if l.dims().last() != Some(&n) {
+            return bail(format!("norm: weight of {n} for rows of {:?}", l.dims()));
+        }
+        // RMSNorm passes the weight again in the bias's place; the kernel does not read it.
+        let centred = i32::from(b.is_some());
+        let b = match b {
+            Some(b) => param(b, s.dtype())?,
+            None => w.clone(),
+        };
+        if b.elem_count() != n {
+            return bail(format!("norm: bias of {} for rows of {n}", b.elem_count()));
+        }
+        let (ws, wl) = w.storage_and_layout();
+        let (bs, bl) = b.storage_and_layout();
+        let (Storage::Cuda(wc), Storage::Cuda(bc)) = (&*ws, &*bs) else {
+            return bail("norm: weights and input on different devices".into());
+        };
+        let (wv, bv) = (
+            view::<T>(wc, wl, "norm weight")?,
+            view::<T>(bc, bl, "norm bias")?,
+        );
+        let rows = l.shape().elem_count() / n.max(1);
+        // SAFETY: the kernel writes every element of every row.
+        let y = unsafe { dev.alloc::<T>((rows * n).max(1)) }?;
+        if rows * n > 0 {
+            let name = kernel("juris_frozen_norm", s.dtype())?;
+            let f = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+            let (rows64, n64, eps) = (rows as u64, n as u64, T::from_f64(eps));
+            let mut bld = f.builder();
+            bld.arg(&x)
+                .arg(&wv)
+                .arg(&bv)
+                .arg(&y)
+                .arg(&rows64)
+                .arg(&n64)
+                .arg(&centred);
+            bld.arg(&eps);
+            // SAFETY: argument types and order match the kernel's signature.
+            unsafe { bld.launch(rows_config(rows)) }.w()?;
+        }
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            l.shape().clone(),
+        ))
     }
 }
 
@@ -667,5 +851,86 @@ mod tests {
             .to_vec1()
             .unwrap();
         assert_ne!(other, y);
+    }
+
+    /// The CUDA kernels give the CPU forwards' values (dropout: the same mask, bit for bit)
+    /// and the same gradients, in f32 and f64, on awkward shapes and broadcast masks. Built
+    /// only with the `cuda` feature; says so and passes when no GPU is present.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_forwards_equal_the_cpu_ones() {
+        let Ok(gpu) = Device::new_cuda(0) else {
+            eprintln!("skipped: no CUDA device");
+            return;
+        };
+        for dtype in [DType::F32, DType::F64] {
+            let tol = if dtype == DType::F32 { 2e-6 } else { 1e-12 };
+            let on = |v: Vec<f64>, shape: &[usize], d: &Device| {
+                t(v, shape).to_dtype(dtype).unwrap().to_device(d).unwrap()
+            };
+            let back = |x: &Tensor| {
+                x.to_device(&Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+            };
+            // Dropout: identical masks, identical gradients.
+            let shape = [3, 5, 71];
+            let v = values(3 * 5 * 71, 3);
+            let (xc, xg) = (on(v.clone(), &shape, &Device::Cpu), on(v, &shape, &gpu));
+            let (yc, yg) = (
+                dropout(&xc, 0.3, 11).unwrap(),
+                dropout(&xg, 0.3, 11).unwrap(),
+            );
+            close(&back(&yg), &back(&yc), 0.0);
+            // Masked softmax under a key mask [b, 1, 1, k] and a causal one [b, 1, q, k].
+            let (b, h, q, k) = (2, 3, 5, 37);
+            let scores = values(b * h * q * k, 5);
+            let keys: Vec<f64> = (0..b * k)
+                .map(|i| if i % k > 30 - i / k { -1e9 } else { 0.0 })
+                .collect();
+            let causal: Vec<f64> = (0..b * q * k)
+                .map(|i| {
+                    if i % k > (i / k) % q + 20 {
+                        f64::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            for (mask, mshape) in [(keys, vec![b, 1, 1, k]), (causal, vec![b, 1, q, k])] {
+                let run = |d: &Device| {
+                    let x = Var::from_tensor(&on(scores.clone(), &[b, h, q, k], d)).unwrap();
+                    let m = on(mask.clone(), &mshape, d);
+                    let y = masked_softmax(x.as_tensor(), &m, 0.125).unwrap();
+                    let w = on(values(b * h * q * k, 9), &[b, h, q, k], d);
+                    let g = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
+                    (back(&y), back(g.get(&x).unwrap()))
+                };
+                let ((yc, gc), (yg, gg)) = (run(&Device::Cpu), run(&gpu));
+                close(&yg, &yc, tol);
+                close(&gg, &gc, tol);
+            }
+            // LayerNorm and RMSNorm over rows of 130.
+            let (rows, n) = (7, 130);
+            let x = values(rows * n, 13);
+            let (w, bias) = (values(n, 17), values(n, 19));
+            for centred in [true, false] {
+                let run = |d: &Device| {
+                    let xv = Var::from_tensor(&on(x.clone(), &[rows, n], d)).unwrap();
+                    let (w, bias) = (on(w.clone(), &[n], d), on(bias.clone(), &[n], d));
+                    let y = if centred {
+                        layer_norm(xv.as_tensor(), &w, &bias, 1e-5).unwrap()
+                    } else {
+                        rms_norm(xv.as_tensor(), &w, 1e-6).unwrap()
+                    };
+                    let g = (&y * &y).unwrap().sum_all().unwrap().backward().unwrap();
+                    (back(&y), back(g.get(&xv).unwrap()))
+                };
+                let ((yc, gc), (yg, gg)) = (run(&Device::Cpu), run(&gpu));
+                close(&yg, &yc, tol * 10.0);
+                close(&gg, &gc, tol * 10.0);
+            }
+        }
     }
 }
