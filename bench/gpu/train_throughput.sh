@@ -19,7 +19,9 @@
 #        /root/stage/x/data/coliee_statute_en), MODEL (default models/minilm), STEPS (per run,
 #        default 70), WARMUP (steps left out, default 10), RUNS (per side, default 3),
 #        RUN_TIMEOUT (s per run, default 100), BUDGET (s for the whole script, default 420),
-#        DROPOUT0 (1: the dropout-0 pair too; default 1), PY (default python3), OUT.
+#        DROPOUT0 (1: the dropout-0 pair too; default 1), BATCH (queries a step, default 8),
+#        EPOCHS (of the lr schedule, default 1; raise it with BATCH so STEPS fit), PY (default
+#        python3), OUT.
 #   CPU smoke test here: JURIS=target/release/juris DATA=/work/shared/data/coliee_statute_en \
 #        STEPS=4 WARMUP=1 RUNS=1 OUT=/tmp/tput PY=/work/cache/mlvenv/bin/python \
 #        bash bench/gpu/train_throughput.sh cpu
@@ -34,6 +36,8 @@ RUNS=${RUNS:-3}
 RUN_TIMEOUT=${RUN_TIMEOUT:-100}
 BUDGET=${BUDGET:-420}
 DROPOUT0=${DROPOUT0:-1}
+BATCH=${BATCH:-8}
+EPOCHS=${EPOCHS:-1}
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/train_throughput_out}
 WORK=${WORK:-/tmp/train_throughput_work}
@@ -73,7 +77,7 @@ train_split = "train"
 [train]
 out = "$1"
 seed = 42
-batch_size = 8
+batch_size = $BATCH
 grad_accum = 1
 lr = 3e-4
 weight_decay = 0.01
@@ -87,7 +91,7 @@ eval_batch_size = 128
 
 [[phase]]
 name = "phase1"
-epochs = 1
+epochs = $EPOCHS
 negatives = "bm25"
 top_k = 30
 hard_negatives = 3
@@ -113,7 +117,7 @@ run_juris() { # tag dropout
 run_st() { # tag dropout
   local t0=$SECONDS
   timeout "$RUN_TIMEOUT" $ST train --model "$MODEL" --data "$DATA" --negatives "$NEG" --device "$DEVICE" \
-    --steps "$STEPS" --warmup-steps "$WARMUP" --lora-dropout "$2" --json-out "$WORK/st-$1.json" 2>&1 | grep -v '^\s*$' | tail -4
+    --steps "$STEPS" --warmup-steps "$WARMUP" --batch-size "$BATCH" --epochs "$EPOCHS" --lora-dropout "$2" --json-out "$WORK/st-$1.json" 2>&1 | grep -v '^\s*$' | tail -4
   echo "st $1: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s wall (imports and loading included)"
   ST_FILES+=("$WORK/st-$1.json")
 }
@@ -129,7 +133,7 @@ for i in $(seq 1 "$RUNS"); do
   [ -f "$NEG" ] || { echo "juris wrote no negatives file; stopping"; exit 1; }
   run_st "$i" 0.05
 done
-summarize train_throughput.json "MiniLM LoRA r16 (dropout 0.05), batch 8 queries × (1 positive + 3 hard + 1 random), max len 64/128, strict f32"
+summarize train_throughput.json "MiniLM LoRA r16 (dropout 0.05), batch $BATCH queries × (1 positive + 3 hard + 1 random), max len 64/128, strict f32"
 
 if [ "$DROPOUT0" = 1 ] && [ $((SECONDS + 2 * RUN_TIMEOUT)) -le "$BUDGET" ]; then
   JURIS_FILES=(); ST_FILES=()
