@@ -92,6 +92,9 @@ impl TrainableDecoder {
         let mut model = load_decoder(&g, base, device)?;
         let mut cfg = lora;
         cfg.check(gguf)?;
+        if cfg.is_full() {
+            return Err(full_unsupported(gguf));
+        }
         cfg.task_type = Some(CAUSAL_LM.into());
         if cfg.base_model_name_or_path.is_empty() {
             cfg.base_model_name_or_path = gguf
@@ -268,6 +271,9 @@ fn projection_shapes(model: &dyn DecoderLm) -> BTreeMap<String, [usize; 2]> {
 /// Face form (`model.layers.{i}...`; [`LoraAdapter::load`] drops a leading `model.`).
 pub fn load_decoder_adapter(dir: &Path, device: &Device) -> Result<LoraAdapter> {
     let mut adapter = LoraAdapter::load(dir, device)?;
+    if adapter.config.is_full() {
+        return Err(full_unsupported(&dir.join(CONFIG_FILE)));
+    }
     adapter.modules = std::mem::take(&mut adapter.modules)
         .into_iter()
         .map(|(p, pair)| {
@@ -280,6 +286,16 @@ pub fn load_decoder_adapter(dir: &Path, device: &Device) -> Result<LoraAdapter> 
         })
         .collect();
     Ok(adapter)
+}
+
+/// Full updates are trained for BERT-family encoders only: a decoder LLM's full weights
+/// would not fit the memory LoRA is there to save.
+fn full_unsupported(path: &Path) -> MlError {
+    MlError::Unsupported(format!(
+        "{}: full fine-tuning ([lora] full = true) is for BERT-family encoders; decoder LLMs \
+         train LoRA adapters",
+        path.display()
+    ))
 }
 
 /// Checks that every module of `adapter` is a layer in `shapes` with matching `A` `[r, in]`

@@ -6,6 +6,14 @@
 //! forward of one adapted layer ([`LoraTrain::apply`]). Merging into a model's weights is
 //! done by the model (`BertModel::merge_lora`), which knows its module paths.
 //!
+//! Full fine-tuning of small encoders rides on the same seam: an adapter whose
+//! `peft_type` is [`FULL_TYPE`] holds, per targeted linear layer, the whole update of its
+//! weight `ΔW` `[out, in]` and bias `Δb` `[out]` (keys `<module>.full.weight` / `.bias`,
+//! juris's own format, since PEFT has no full-update adapter); it trains, saves, loads and
+//! merges (also into a Hugging Face folder any BERT loader reads) like a LoRA adapter.
+//! Training the updates rather than the weights themselves gives the same gradients; AdamW's
+//! decay then pulls the weights towards the base model's instead of towards zero.
+//!
 //! Module paths are those of the Hugging Face base model class (`AutoModel`), e.g.
 //! `encoder.layer.0.attention.self.query`, and `target_modules` select modules the way PEFT
 //! does: a module is adapted when its path equals a target or ends with `.` + target.
@@ -27,6 +35,8 @@ pub const CONFIG_FILE: &str = "adapter_config.json";
 /// Name of the adapter's weights file in a PEFT folder.
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const KEY_PREFIX: &str = "base_model.model.";
+/// `peft_type` of a full-update adapter (see the module docs).
+pub const FULL_TYPE: &str = "FULL";
 
 /// Every linear layer of a BERT-family layer, as `target_modules` names them (the default
 /// of retriever training).
@@ -43,7 +53,7 @@ pub const BERT_LORA_TARGETS: &[&str] = &[
 /// out; PEFT fills its defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
-    /// Always `LORA`.
+    /// `LORA`, or [`FULL_TYPE`] for full updates of the targeted layers.
     pub peft_type: String,
     /// Rank of the update.
     pub r: usize,
@@ -88,6 +98,20 @@ impl LoraConfig {
         }
     }
 
+    /// A full-update config for `targets` (see the module docs): every targeted layer's
+    /// weight and bias train; r, alpha and dropout are 0.
+    pub fn full(targets: &[&str], base: &str) -> Self {
+        LoraConfig {
+            peft_type: FULL_TYPE.into(),
+            ..LoraConfig::new(0, 0.0, 0.0, targets, base)
+        }
+    }
+
+    /// Whether the adapter holds full updates rather than low-rank ones.
+    pub fn is_full(&self) -> bool {
+        self.peft_type == FULL_TYPE
+    }
+
     /// `lora_alpha / r`, the factor of `B·A`.
     pub fn scale(&self) -> f64 {
         self.lora_alpha / self.r.max(1) as f64
@@ -106,13 +130,14 @@ impl LoraConfig {
             path: path.into(),
             what,
         };
-        if self.peft_type != "LORA" {
+        if self.peft_type != "LORA" && !self.is_full() {
             return Err(bad(format!(
-                "peft_type is '{}'; only LORA adapters are supported",
+                "peft_type is '{}'; only LORA adapters (and juris's {FULL_TYPE} updates) are \
+                 supported",
                 self.peft_type
             )));
         }
-        if self.r == 0 {
+        if self.r == 0 && !self.is_full() {
             return Err(bad("r is 0; the rank must be at least 1".into()));
         }
         if self.bias != "none" {
@@ -130,12 +155,14 @@ impl LoraConfig {
     }
 }
 
-/// One adapted module: `A` `[r, in]` and `B` `[out, r]`.
+/// One adapted module: `A` `[r, in]` and `B` `[out, r]`; in a full-update adapter
+/// ([`LoraConfig::is_full`]) `a` is the weight update `ΔW` `[out, in]` and `b` the bias
+/// update `Δb` `[out]`.
 #[derive(Debug, Clone)]
 pub struct LoraPair {
-    /// Down projection `[r, in]`.
+    /// Down projection `[r, in]` (full: `ΔW` `[out, in]`).
     pub a: Tensor,
-    /// Up projection `[out, r]`.
+    /// Up projection `[out, r]` (full: `Δb` `[out]`).
     pub b: Tensor,
 }
 
@@ -149,12 +176,33 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
-    /// The update `scale · B·A` (`[out, in]`, in the tensors' dtype) of `path`, if adapted.
+    /// The weight update `scale · B·A` (full: `ΔW`; `[out, in]`, in the tensors' dtype) of
+    /// `path`, if adapted.
     pub fn delta(&self, path: &str) -> Result<Option<Tensor>> {
         let Some(p) = self.modules.get(path) else {
             return Ok(None);
         };
+        if self.config.is_full() {
+            return Ok(Some(p.a.clone()));
+        }
         Ok(Some((p.b.matmul(&p.a)? * self.config.scale())?))
+    }
+
+    /// The bias update `Δb` `[out]` of `path` (only full-update adapters have one).
+    pub fn bias_delta(&self, path: &str) -> Option<&Tensor> {
+        match self.modules.get(path) {
+            Some(p) if self.config.is_full() => Some(&p.b),
+            _ => None,
+        }
+    }
+
+    /// The expected shapes of module `path`'s two tensors for an `inp → out` layer.
+    pub fn shapes(&self, inp: usize, out: usize) -> ([usize; 2], Vec<usize>) {
+        if self.config.is_full() {
+            ([out, inp], vec![out])
+        } else {
+            ([self.config.r, inp], vec![out, self.config.r])
+        }
     }
 
     /// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` (f32), each
@@ -171,8 +219,13 @@ impl LoraAdapter {
                     .to_device(&Device::Cpu)?
                     .contiguous()?)
             };
-            tensors.push((format!("{KEY_PREFIX}{path}.lora_A.weight"), cpu(&p.a)?));
-            tensors.push((format!("{KEY_PREFIX}{path}.lora_B.weight"), cpu(&p.b)?));
+            let (ka, kb) = if self.config.is_full() {
+                (".full.weight", ".full.bias")
+            } else {
+                (".lora_A.weight", ".lora_B.weight")
+            };
+            tensors.push((format!("{KEY_PREFIX}{path}{ka}"), cpu(&p.a)?));
+            tensors.push((format!("{KEY_PREFIX}{path}{kb}"), cpu(&p.b)?));
         }
         let weights = dir.join(WEIGHTS_FILE);
         let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
@@ -236,14 +289,26 @@ impl LoraAdapter {
                 .unwrap_or(k);
             // PEFT may name the adapter (`lora_A.default.weight`); accept both forms.
             let k = k.replace(".default.weight", ".weight");
-            if let Some(path) = k.strip_suffix(".lora_A.weight") {
+            let (sa, sb) = if config.is_full() {
+                (".full.weight", ".full.bias")
+            } else {
+                (".lora_A.weight", ".lora_B.weight")
+            };
+            if let Some(path) = k.strip_suffix(sa) {
                 a_parts.insert(path.to_string(), t);
-            } else if let Some(path) = k.strip_suffix(".lora_B.weight") {
+            } else if let Some(path) = k.strip_suffix(sb) {
                 b_parts.insert(path.to_string(), t);
             } else {
                 return Err(MlError::Corrupt {
                     path: weights_path.clone(),
-                    what: format!("tensor '{key}' is not a LoRA A or B weight"),
+                    what: format!(
+                        "tensor '{key}' is not a{} weight (expected names ending in {sa} or {sb})",
+                        if config.is_full() {
+                            " full-update"
+                        } else {
+                            " LoRA A or B"
+                        }
+                    ),
                 });
             }
         }
@@ -253,6 +318,21 @@ impl LoraAdapter {
                 path: weights_path.clone(),
                 what: format!("module '{path}' has lora_A but no lora_B"),
             })?;
+            if config.is_full() {
+                let (out, _) = a.dims2()?;
+                if b.dims() != [out] {
+                    return Err(MlError::Corrupt {
+                        path: weights_path.clone(),
+                        what: format!(
+                            "module '{path}': ΔW is {:?} and Δb {:?}; Δb must have ΔW's {out} rows",
+                            a.dims(),
+                            b.dims()
+                        ),
+                    });
+                }
+                modules.insert(path, LoraPair { a, b });
+                continue;
+            }
             let (ra, _) = a.dims2()?;
             let (_, rb) = b.dims2()?;
             if ra != config.r || rb != config.r {
@@ -333,6 +413,14 @@ pub fn merge_into_hf_dir(base: &Path, adapter_dir: &Path, out: &Path) -> Result<
         }
         let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
         tensors.insert(key, merged);
+        if let Some(db) = adapter.bias_delta(path) {
+            let key = format!("{prefix}{path}.bias");
+            let merged = match tensors.get(&key) {
+                Some(bias) => (bias.to_dtype(DType::F32)? + db)?.to_dtype(bias.dtype())?,
+                None => db.clone(),
+            };
+            tensors.insert(key, merged);
+        }
     }
     let tmp = out.with_extension("tmp");
     if tmp.exists() {
@@ -442,6 +530,16 @@ impl LoraTrain {
         let mut vars = BTreeMap::new();
         let r = config.r;
         for (path, inp, out) in modules {
+            if config.is_full() {
+                // Full updates start at zero: training starts from the base model exactly.
+                let dw = Tensor::zeros((*out, *inp), dtype, device)?;
+                let db = Tensor::zeros(*out, dtype, device)?;
+                vars.insert(
+                    path.clone(),
+                    (Var::from_tensor(&dw)?, Var::from_tensor(&db)?),
+                );
+                continue;
+            }
             let bound = 1.0 / (*inp as f64).sqrt();
             let a: Vec<f64> = (0..r * inp)
                 .map(|_| (rng.next_f64() * 2.0 - 1.0) * bound)
@@ -509,12 +607,18 @@ impl LoraTrain {
     }
 
     /// The trainable variables in a fixed order (by module path, `A` before `B`), with
-    /// names `<path>.lora_A` / `<path>.lora_B`.
+    /// names `<path>.lora_A` / `<path>.lora_B` (full updates: `<path>.full_W` /
+    /// `<path>.full_b`).
     pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let (na, nb) = if self.config.is_full() {
+            ("full_W", "full_b")
+        } else {
+            ("lora_A", "lora_B")
+        };
         let mut out = Vec::with_capacity(self.vars.len() * 2);
         for (path, (a, b)) in &self.vars {
-            out.push((format!("{path}.lora_A"), a.clone()));
-            out.push((format!("{path}.lora_B"), b.clone()));
+            out.push((format!("{path}.{na}"), a.clone()));
+            out.push((format!("{path}.{nb}"), b.clone()));
         }
         out
     }
@@ -583,6 +687,16 @@ impl LoraTrain {
         } else {
             (a.as_tensor().detach(), b.as_tensor().detach())
         };
+        if self.config.is_full() {
+            // x ΔWᵀ + Δb (`rows` reorders output features: also ΔW's rows and Δb).
+            let (dw, db) = match b_rows {
+                Some(r) => (a.index_select(r, 0)?, b.index_select(r, 0)?),
+                None => (a, b),
+            };
+            let up = x2.matmul(&dw.t()?)?.broadcast_add(&db)?;
+            let up = up.reshape(base_out.shape())?;
+            return Ok((base_out + up)?);
+        }
         let b = match b_rows {
             Some(r) => b.index_select(r, 0)?,
             None => b,

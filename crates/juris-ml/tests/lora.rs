@@ -1,5 +1,6 @@
-//! LoRA: gradients of the training forward match finite differences (f64), PEFT save → load
-//! gives the same adapter, and a merged adapter gives the vectors the training forward gives.
+//! LoRA and full updates: gradients of the training forward match finite differences (f64),
+//! save → load gives the same adapter (PEFT format for LoRA), and a merged adapter gives the
+//! vectors the training forward gives (also through a merged Hugging Face folder).
 
 use candle_core::{DType, Device, Tensor};
 use juris_ml::lora::{LoraAdapter, LoraConfig, LoraTrain, SplitMix64};
@@ -12,18 +13,36 @@ const ALL: &[&str] = juris_ml::lora::BERT_LORA_TARGETS;
 /// An adapter on every linear layer with `B` random too (fresh `B` is zero, which would make
 /// every gradient of `A` zero and the check vacuous).
 fn random_lora(enc: &juris_ml::models::bert::BertEncoder, dtype: DType, seed: u64) -> LoraTrain {
-    let cfg = LoraConfig::new(2, 4.0, 0.0, ALL, "tiny");
+    randomized(LoraConfig::new(2, 4.0, 0.0, ALL, "tiny"), enc, dtype, seed)
+}
+
+/// A full-update adapter on every linear layer with random `ΔW` and `Δb` (fresh ones are
+/// zero).
+fn random_full(enc: &juris_ml::models::bert::BertEncoder, dtype: DType, seed: u64) -> LoraTrain {
+    randomized(LoraConfig::full(ALL, "tiny"), enc, dtype, seed)
+}
+
+fn randomized(
+    cfg: LoraConfig,
+    enc: &juris_ml::models::bert::BertEncoder,
+    dtype: DType,
+    seed: u64,
+) -> LoraTrain {
+    let full = cfg.is_full();
     let modules = enc.model().linears();
     let lora = LoraTrain::init(cfg, &modules, seed, dtype, &Device::Cpu).unwrap();
     let mut rng = SplitMix64(seed ^ 0xabc);
-    for (_, (_, b)) in lora.vars.iter() {
-        let n = b.as_tensor().elem_count();
-        let v: Vec<f64> = (0..n).map(|_| rng.next_f64() * 0.2 - 0.1).collect();
-        let t = Tensor::from_vec(v, b.as_tensor().shape(), &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap();
-        b.set(&t).unwrap();
+    for (_, (a, b)) in lora.vars.iter() {
+        let vars = if full { vec![a, b] } else { vec![b] };
+        for var in vars {
+            let n = var.as_tensor().elem_count();
+            let v: Vec<f64> = (0..n).map(|_| rng.next_f64() * 0.2 - 0.1).collect();
+            let t = Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            var.set(&t).unwrap();
+        }
     }
     lora
 }
@@ -31,7 +50,18 @@ fn random_lora(enc: &juris_ml::models::bert::BertEncoder, dtype: DType, seed: u6
 #[test]
 fn lora_gradients_match_finite_differences() {
     let enc = tiny_random_encoder(11, DType::F64, Pooling::Mean).unwrap();
-    let lora = random_lora(&enc, DType::F64, 5);
+    gradients_match_finite_differences(&enc, &random_lora(&enc, DType::F64, 5));
+}
+
+#[test]
+fn full_update_gradients_match_finite_differences() {
+    let enc = tiny_random_encoder(11, DType::F64, Pooling::Mean).unwrap();
+    let full = random_full(&enc, DType::F64, 5);
+    assert!(full.named_vars()[0].0.ends_with(".full_W"));
+    gradients_match_finite_differences(&enc, &full);
+}
+
+fn gradients_match_finite_differences(enc: &juris_ml::models::bert::BertEncoder, lora: &LoraTrain) {
     let texts = ["abc de", "f ghij kl", "m"];
     let probe = {
         let mut rng = SplitMix64(99);
@@ -46,7 +76,7 @@ fn lora_gradients_match_finite_differences() {
             .unwrap();
         (e * &probe).unwrap().sum_all().unwrap()
     };
-    let grads = loss(&lora).backward().unwrap();
+    let grads = loss(lora).backward().unwrap();
     let eps = 1e-5;
     let mut checked = 0;
     for (name, var) in lora.named_vars() {
@@ -71,7 +101,7 @@ fn lora_gradients_match_finite_differences() {
                 v[idx] += delta;
                 let t = Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap();
                 var.set(&t).unwrap();
-                loss(&lora).to_scalar::<f64>().unwrap()
+                loss(lora).to_scalar::<f64>().unwrap()
             };
             let fd = (at(eps) - at(-eps)) / (2.0 * eps);
             let t = Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap();
@@ -172,4 +202,67 @@ fn adapter_for_another_model_is_refused() {
     let mut other = tiny_random_encoder(4, DType::F32, Pooling::Mean).unwrap();
     let err = other.apply_adapter(dir.path()).unwrap_err().to_string();
     assert!(err.contains("encoder.layer.7"), "{err}");
+}
+
+#[test]
+fn full_update_round_trips_and_merges_like_the_training_forward() {
+    let enc = tiny_random_encoder(4, DType::F32, Pooling::Mean).unwrap();
+    let full = random_full(&enc, DType::F32, 9);
+    let texts = ["abc de", "f ghij kl mn", "o"];
+    let trained: Vec<f32> = enc
+        .embed_train(&texts, TextRole::Passage, 64, Some(&full))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let adapter = full.to_adapter().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    adapter.save(dir.path()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["peft_type"], "FULL");
+    let st =
+        candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let dw = &st["base_model.model.encoder.layer.0.intermediate.dense.full.weight"];
+    let db = &st["base_model.model.encoder.layer.0.intermediate.dense.full.bias"];
+    assert_eq!(
+        (dw.dims(), db.dims()),
+        ([64, 32].as_slice(), [64].as_slice())
+    );
+    let back = LoraAdapter::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(back.config, adapter.config);
+    for (path, p) in &adapter.modules {
+        let q = &back.modules[path];
+        for (x, y) in [(&p.a, &q.a), (&p.b, &q.b)] {
+            let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(x, y, "{path}");
+        }
+    }
+    // Merged into the encoder (weights and biases), the fast path gives the same vectors.
+    let mut merged = tiny_random_encoder(4, DType::F32, Pooling::Mean).unwrap();
+    merged.apply_adapter(dir.path()).unwrap();
+    let fast = merged.encode(&texts, TextRole::Passage).unwrap();
+    let max_diff = trained
+        .iter()
+        .zip(&fast)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(max_diff < 1e-5, "merged full update differs by {max_diff}");
+    let plain = enc.encode(&texts, TextRole::Passage).unwrap();
+    let moved = plain
+        .iter()
+        .zip(&fast)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-3, "the update changed nothing ({moved})");
+    // A decoder refuses it with a message, not a panic.
+    let err = juris_ml::decoder_lora::load_decoder_adapter(dir.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("BERT-family"), "{err}");
 }

@@ -56,6 +56,12 @@ pub struct LoraSection {
     /// Modules adapted (PEFT suffix rule).
     #[serde(default = "d_targets")]
     pub target_modules: Vec<String>,
+    /// Full fine-tuning instead of LoRA (BERT-family encoders only): every targeted linear
+    /// layer's weight and bias train (embeddings and layer norms stay frozen); r, alpha and
+    /// dropout do not apply. The result is a full-update adapter folder that
+    /// `juris embed --adapter` loads and `juris train merge` turns into a model folder.
+    #[serde(default)]
+    pub full: bool,
     /// Start from this adapter (a PEFT folder, e.g. `bench/adapters/<run>/phase1`) instead of
     /// a fresh one, so that a run of only phase 2 can continue a phase-1 adapter trained
     /// elsewhere. Its r, alpha and target modules must equal the ones above.
@@ -70,6 +76,7 @@ impl Default for LoraSection {
             alpha: d_alpha(),
             dropout: 0.0,
             target_modules: d_targets(),
+            full: false,
             init: None,
         }
     }
@@ -290,8 +297,14 @@ impl TrainConfig {
         if self.model.max_len < 2 {
             return bad("model.max_len", "must be at least 2");
         }
-        if self.lora.r == 0 {
+        if self.lora.r == 0 && !self.lora.full {
             return bad("lora.r", "must be at least 1");
+        }
+        if self.lora.full && self.lora.dropout != 0.0 {
+            return bad(
+                "lora.dropout",
+                "applies to LoRA adapters only; set it to 0 with full = true",
+            );
         }
         if !(0.0..1.0).contains(&self.lora.dropout) {
             return bad("lora.dropout", "must be in [0, 1)");

@@ -192,6 +192,9 @@ pub fn train(
 /// The adapter config of `[lora]`.
 fn lora_config(cfg: &TrainConfig) -> LoraConfig {
     let targets: Vec<&str> = cfg.lora.target_modules.iter().map(String::as_str).collect();
+    if cfg.lora.full {
+        return LoraConfig::full(&targets, &cfg.model.path);
+    }
     LoraConfig::new(
         cfg.lora.r,
         cfg.lora.alpha,
@@ -249,23 +252,26 @@ fn check_init(cfg: &TrainConfig, found: &LoraConfig, dir: &Path) -> Result<()> {
     let (mut a, mut b) = (want.target_modules.clone(), found.target_modules.clone());
     a.sort();
     b.sort();
-    if want.r != found.r
+    if want.peft_type != found.peft_type
+        || want.r != found.r
         || (want.lora_alpha - found.lora_alpha).abs() > 1e-9
         || (want.lora_dropout - found.lora_dropout).abs() > 1e-9
         || a != b
     {
         return Err(TrainError::Data(format!(
-            "lora.init {}: the adapter has r {}, alpha {}, dropout {}, target_modules {:?}; \
-             [lora] says r {}, alpha {}, dropout {}, target_modules {:?}",
+            "lora.init {}: the adapter has r {}, alpha {}, dropout {}, target_modules {:?} \
+             ({}); [lora] says r {}, alpha {}, dropout {}, target_modules {:?} ({})",
             dir.display(),
             found.r,
             found.lora_alpha,
             found.lora_dropout,
             found.target_modules,
+            found.peft_type,
             want.r,
             want.lora_alpha,
             want.lora_dropout,
-            want.target_modules
+            want.target_modules,
+            want.peft_type
         )));
     }
     Ok(())

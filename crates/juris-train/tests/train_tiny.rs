@@ -394,3 +394,74 @@ fn lora_init_continues_a_saved_adapter() {
         .to_string();
     assert!(e.contains("adapter_config.json"), "{e}");
 }
+
+/// `[lora] full = true`: every linear layer's weight and bias train (no low-rank factors);
+/// the loss falls as with LoRA, the saved update is a full-update adapter, and a dropout
+/// setting, which only LoRA has, is refused with the key named.
+#[test]
+fn full_fine_tuning_loss_falls_and_saves_a_full_update() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let out = tmp.path().join("run");
+    let text = |dropout: f64| {
+        format!(
+            r#"
+[model]
+path = "tiny-random"
+max_len = 32
+[lora]
+full = true
+dropout = {dropout}
+[data]
+dir = "{}"
+eval_split = "dev"
+[train]
+out = "{}"
+seed = 7
+batch_size = 4
+grad_accum = 2
+lr = 1e-3
+warmup_ratio = 0.1
+temperature = 0.1
+[[phase]]
+name = "bm25"
+epochs = 6
+negatives = "bm25"
+top_k = 5
+hard_negatives = 2
+random_negatives = 1
+"#,
+            data.display(),
+            out.display()
+        )
+    };
+    let err = TrainConfig::parse(&text(0.1), Path::new("full.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("full.toml") && err.contains("lora.dropout"),
+        "{err}"
+    );
+    let cfg = TrainConfig::parse(&text(0.0), Path::new("full.toml")).unwrap();
+    let enc = encoder();
+    let o = train_with(&cfg, &enc, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
+    assert!(o.finished);
+    let l = losses(&out);
+    let first: f64 = l[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(
+        last < 0.7 * first,
+        "loss did not fall: {first:.4} -> {last:.4} ({l:?})"
+    );
+    let adapter =
+        juris_ml::lora::LoraAdapter::load(&out.join("adapter"), &candle_core::Device::Cpu).unwrap();
+    assert!(adapter.config.is_full());
+    // All 6 linear layers of both blocks, each with ΔW [out, in] and Δb [out].
+    assert_eq!(adapter.modules.len(), 12);
+    let p = &adapter.modules["encoder.layer.1.output.dense"];
+    assert_eq!(
+        (p.a.dims(), p.b.dims()),
+        ([32, 64].as_slice(), [32].as_slice())
+    );
+}

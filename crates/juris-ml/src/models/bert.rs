@@ -322,7 +322,7 @@ impl BertModel {
     }
 
     /// Adds each adapted module's `scale · B·A` to its weight (LoRA merged: inference is
-    /// then exactly as fast as without it) and rebuilds the fused CPU weights. Fails, changing
+    /// then exactly as fast as without it; a full-update adapter adds `ΔW` and `Δb`) and rebuilds the fused CPU weights. Fails, changing
     /// nothing, when the adapter names a module this model lacks or has other shapes.
     pub fn merge_lora(&mut self, adapter: &LoraAdapter) -> Result<()> {
         let known = self.linears();
@@ -333,9 +333,10 @@ impl BertModel {
                      have; the adapter belongs to another model"
                 )));
             };
-            if p.a.dims() != [adapter.config.r, *inp] || p.b.dims() != [*out, adapter.config.r] {
+            let (sa, sb) = adapter.shapes(*inp, *out);
+            if p.a.dims() != sa || p.b.dims() != sb.as_slice() {
                 return Err(MlError::Mismatch(format!(
-                    "adapter module '{path}': A {:?} / B {:?} do not fit a {inp}→{out} layer",
+                    "adapter module '{path}': {:?} / {:?} do not fit a {inp}→{out} layer",
                     p.a.dims(),
                     p.b.dims()
                 )));
@@ -348,6 +349,13 @@ impl BertModel {
                 let path = format!("encoder.layer.{i}.{name}");
                 if let Some(d) = adapter.delta(&path)? {
                     lin.weight = (&lin.weight + d.to_dtype(dtype)?.to_device(&device)?)?;
+                }
+                if let Some(db) = adapter.bias_delta(&path) {
+                    let db = db.to_dtype(dtype)?.to_device(&device)?;
+                    lin.bias = Some(match &lin.bias {
+                        Some(bias) => (bias + db)?,
+                        None => db,
+                    });
                 }
             }
             if layer.fast.is_some() {
