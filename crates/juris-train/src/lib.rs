@@ -28,6 +28,7 @@ pub mod report;
 pub mod retrieval_model;
 pub mod sft;
 pub mod sft_config;
+pub mod step_profile;
 pub mod trainer;
 
 pub use config::{NegativeSource, PhaseConfig, TrainConfig};

@@ -41,6 +41,7 @@ use crate::negatives::{self, QueryNegatives};
 use crate::optim::{accumulate_sums, clip_grad_norm, lr_at, AdamW};
 use crate::report;
 use crate::retrieval_model::{BertRetrieval, DecoderRetrieval, RetrievalModel};
+use crate::step_profile::StepProfile;
 
 /// How to run (things that do not change the result).
 #[derive(Debug, Clone, Default)]
@@ -309,6 +310,7 @@ pub fn train_model(
     let metrics_path = out.join("metrics.jsonl");
     let digest = cfg.trajectory_digest();
     let mut opt = AdamW::new(&vars, t.weight_decay)?;
+    let mut prof = StepProfile::from_env();
     let mut zero_shot = None;
     let mut state = match checkpoint::load(&out, &device)? {
         Some((st, tensors)) => {
@@ -395,6 +397,7 @@ pub fn train_model(
                 let chunk = &order[s * per_step..((s + 1) * per_step).min(n_queries)];
                 let micro: Vec<&[usize]> = chunk.chunks(t.batch_size).collect();
                 let step_start = Instant::now();
+                prof.start(&device)?;
                 let mut acc: Option<Vec<Tensor>> = None;
                 let mut loss_sum = 0f64;
                 let mut work = Vec::with_capacity(micro.len());
@@ -407,13 +410,15 @@ pub fn train_model(
                         ph,
                         &[t.seed, SALT_SAMPLE, pi as u64, epoch as u64],
                     );
-                    let m = micro_step(
+                    prof.lap(&device, "batch")?;
+                    let m = micro_step_profiled(
                         model,
                         &batch,
                         cfg,
                         mix(&[t.seed, SALT_DROPOUT, state.global_step, mi as u64]),
                         1.0 / micro.len() as f64,
                         &vars,
+                        &mut prof,
                     )?;
                     loss_sum += m.loss;
                     accumulate_sums(&mut acc, &vars, m.grads)?;
@@ -423,6 +428,7 @@ pub fn train_model(
                 let grad_norm = clip_grad_norm(&mut grads, t.max_grad_norm)?;
                 let lr = lr_at(state.phase_step, total, warmup, peak);
                 opt.update(&vars, &grads, lr)?;
+                prof.lap(&device, "clip+update")?;
                 device.synchronize()?;
                 thr.train_s += step_start.elapsed().as_secs_f64();
                 thr.steps += 1;
@@ -542,6 +548,9 @@ pub fn train_model(
     if !stopped_by_max {
         state.done = true;
         save_ckpt(&state, &opt)?;
+    }
+    if let Some(line) = prof.summary() {
+        note(&line);
     }
     let adapter_dir = out.join("adapter");
     lora.to_adapter()?.save(&adapter_dir)?;
@@ -719,12 +728,35 @@ pub fn micro_step(
     weight: f64,
     vars: &[Var],
 ) -> Result<MicroStep> {
+    micro_step_profiled(
+        model,
+        batch,
+        cfg,
+        dropout_seed,
+        weight,
+        vars,
+        &mut StepProfile::off(),
+    )
+}
+
+/// [`micro_step`], charging its parts (inputs, forward, loss+backward) to `prof`.
+pub fn micro_step_profiled(
+    model: &dyn RetrievalModel,
+    batch: &Batch,
+    cfg: &TrainConfig,
+    dropout_seed: u64,
+    weight: f64,
+    vars: &[Var],
+    prof: &mut StepProfile,
+) -> Result<MicroStep> {
+    let device = model.device().clone();
     let lora = model.lora();
     let qmax = cfg.model.query_max_len.unwrap_or(cfg.model.max_len);
     let passes = [
         model.train_pass(&batch.queries, TextRole::Query, qmax)?,
         model.train_pass(&batch.passages, TextRole::Passage, cfg.model.max_len)?,
     ];
+    prof.lap(&device, "inputs")?;
     let seeds = [mix(&[dropout_seed, 0]), mix(&[dropout_seed, 1])];
     let tau = cfg.train.temperature;
     let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
@@ -740,6 +772,7 @@ pub fn micro_step(
         let q = passes[0].head(lasts[0].as_tensor())?;
         let d = passes[1].head(lasts[1].as_tensor())?;
         let loss = info_nce(&q, &d, &batch.targets, &batch.excluded, tau)?;
+        prof.lap(&device, "forward")?;
         let grads = (&loss * weight)?.backward()?;
         grad_checkpoint::add_var_grads(&grads, vars, &mut sums)?;
         for ((pass, seed), (inputs, last)) in passes
@@ -769,10 +802,12 @@ pub fn micro_step(
             emb.push(pass.embed()?);
         }
         let loss = info_nce(&emb[0], &emb[1], &batch.targets, &batch.excluded, tau)?;
+        prof.lap(&device, "forward")?;
         let grads = (&loss * weight)?.backward()?;
         grad_checkpoint::add_var_grads(&grads, vars, &mut sums)?;
         loss
     };
+    prof.lap(&device, "backward")?;
     lora.set_dropout_seed(None);
     let [q, d] = passes;
     Ok(MicroStep {
