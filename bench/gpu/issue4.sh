@@ -6,7 +6,7 @@
 #   usage: bash bench/gpu/issue4.sh <name>...   (name: coliee_en_minilm, coliee_en_e5, coliee_ja_e5,
 #          coliee_ja_gemma, jordan_e5, jordan_gemma, coliee_ja_gemma_p2, coliee_ja_e5_p2,
 #          jordan_e5_p2, jordan_e5_e3, coliee_ja_e5_e3, the full fine-tunings coliee_ja_e5_full,
-#          jordan_e5_full, coliee_en_minilm_full, and the coliee_en_{minilm,e5}_{p2m10,p2lr3,p2m10lr3,e3}
+#          jordan_e5_full, coliee_en_minilm_full, phase 2 alone coliee_ja_e5_e3_p2skip5[lr3], and the coliee_en_{minilm,e5}_{p2m10,p2lr3,p2m10lr3,e3}
 #          variants)
 set -uo pipefail
 S=/root/stage; J=$S/juris; D=$S/x/data
@@ -19,7 +19,7 @@ for name in "$@"; do
     # Phase 2 alone from the committed phase-1 adapter ([lora] init): evaluate with
     # VARIANTS=phase1+2 (zero-shot and phase 1 were measured by the full runs).
     coliee_ja_gemma_p2) ds=coliee_statute_ja; model=gemma3-270m; lang=ja; an=ja-bigram ;;
-    coliee_ja_e5_p2) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
+    coliee_ja_e5_p2|coliee_ja_e5_e3_p2*) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
     coliee_en_e5|coliee_en_e5_*) ds=coliee_statute_en; model=e5-small; lang=en; an=en-snowball ;;
     jordan_e5|jordan_e5_e3|jordan_e5_full) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
     jordan_e5_p2) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;

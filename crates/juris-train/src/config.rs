@@ -191,6 +191,11 @@ pub struct PhaseConfig {
     /// are dropped as likely unlabeled positives (sentence-transformers' rule).
     #[serde(default = "d_margin")]
     pub relative_margin: f64,
+    /// Mined candidates: skip this many of the best-scoring non-positives before taking
+    /// `top_k` (0: none). In statute corpora the model's very top non-positives are often
+    /// relevant articles the qrels do not list; training them away hurts.
+    #[serde(default)]
+    pub skip_top: usize,
     /// Peak learning rate of this phase (default: `[train] lr`).
     #[serde(default)]
     pub lr: Option<f64>,

@@ -7,7 +7,7 @@
 //! * Mined (phase 2): the current model's dense top-k, positives removed, and candidates
 //!   scoring above `(1 - relative_margin) ×` the weakest positive's score dropped as likely
 //!   unlabeled positives (the false-negative guard of sentence-transformers'
-//!   `mine_hard_negatives`).
+//!   `mine_hard_negatives`); optionally the first `skip_top` non-positives skipped too.
 //! * Random ("easy"): passages drawn uniformly, positives excluded.
 
 use std::io::Write;
@@ -17,6 +17,7 @@ use juris_index::{Index, IndexConfig, NoProgress, ScorerConfig};
 use juris_ml::lora::SplitMix64;
 use serde::{Deserialize, Serialize};
 
+use crate::config::PhaseConfig;
 use crate::data::{Dataset, Split};
 use crate::error::{io, Result, TrainError};
 
@@ -99,16 +100,17 @@ pub fn bm25_negatives(
 }
 
 /// Dense negatives from `scores` (`split.queries.len()` rows of one score per passage):
-/// top-k minus positives minus likely false negatives.
+/// the phase's `top_k` after its `skip_top`, minus positives, minus likely false negatives
+/// (`relative_margin`), with `random_negatives` per batch in the random pool.
 pub fn mined_negatives(
     ds: &Dataset,
     split: &Split,
     scores: &[f32],
-    top_k: usize,
-    relative_margin: f64,
-    random_per_batch: usize,
+    phase: &PhaseConfig,
     seed: u64,
 ) -> Vec<QueryNegatives> {
+    let (top_k, skip) = (phase.top_k, phase.skip_top);
+    let (relative_margin, random_per_batch) = (phase.relative_margin, phase.random_negatives);
     let n = ds.doc_ids.len();
     let mut rng = SplitMix64(seed);
     let mut out = Vec::with_capacity(split.queries.len());
@@ -124,8 +126,9 @@ pub fn mined_negatives(
         order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
         let hard = order
             .into_iter()
-            .take(top_k + q.positives.len())
+            .take(skip + top_k + q.positives.len())
             .filter(|j| q.positives.binary_search(j).is_err())
+            .skip(skip)
             .filter(|&j| row[j] <= ceiling)
             .take(top_k)
             .map(|j| ds.doc_ids[j].clone())
@@ -172,4 +175,64 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<QueryNegatives>> {
         })?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::SplitQuery;
+    use std::collections::HashMap;
+
+    /// Six passages; query 0's positive is d0; the model scores d0 > d5 > d4 > d3 > d2 > d1.
+    fn setup() -> (Dataset, Split, Vec<f32>) {
+        let ids: Vec<String> = (0..6).map(|i| format!("d{i}")).collect();
+        let ds = Dataset {
+            dir: "unused".into(),
+            doc_pos: ids
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.clone(), i))
+                .collect(),
+            doc_texts: ids.clone(),
+            doc_ids: ids,
+            queries: HashMap::new(),
+        };
+        let split = Split {
+            queries: vec![SplitQuery {
+                id: "q0".into(),
+                text: "q".into(),
+                positives: vec![0],
+            }],
+            qrels: Default::default(),
+        };
+        (ds, split, vec![0.95, 0.1, 0.2, 0.3, 0.4, 0.9])
+    }
+
+    fn phase(extra: &str) -> PhaseConfig {
+        toml::from_str(&format!(
+            "name = \"p2\"\nnegatives = \"mined\"\ntop_k = 2\nrandom_negatives = 1\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn mined_negatives_follow_the_scores_the_guard_and_the_skip() {
+        let (ds, split, scores) = setup();
+        let hard = |extra: &str| {
+            mined_negatives(&ds, &split, &scores, &phase(extra), 1)[0]
+                .hard
+                .clone()
+        };
+        // The two best non-positives (d5 at 0.9 is under 0.95 × 0.95).
+        assert_eq!(hard("relative_margin = 0.05"), ["d5", "d4"]);
+        // A wider guard (0.9 > 0.95 × 0.9) drops d5 from the top 2; it is not replaced.
+        assert_eq!(hard("relative_margin = 0.1"), ["d4"]);
+        // skip_top passes over the best-scoring non-positives first.
+        assert_eq!(hard("relative_margin = 0.05\nskip_top = 1"), ["d4", "d3"]);
+        assert_eq!(hard("relative_margin = 0.05\nskip_top = 2"), ["d3", "d2"]);
+        assert_eq!(
+            hard("relative_margin = 0.05\nskip_top = 5"),
+            Vec::<String>::new()
+        );
+    }
 }

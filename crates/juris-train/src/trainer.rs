@@ -610,22 +610,20 @@ fn phase_negatives(
         }
         NegativeSource::Mined => {
             note(&format!(
-                "{}: mining negatives with the current model (top {}, relative margin {})",
-                ph.name, ph.top_k, ph.relative_margin
+                "{}: mining negatives with the current model (top {}{}, relative margin {})",
+                ph.name,
+                ph.top_k,
+                match ph.skip_top {
+                    0 => String::new(),
+                    n => format!(" after the first {n}"),
+                },
+                ph.relative_margin
             ));
             let docs = encode_all(model, &ds.doc_texts, TextRole::Passage, cfg, progress)?;
             let texts: Vec<String> = split.queries.iter().map(|q| q.text.clone()).collect();
             let qs = encode_all(model, &texts, TextRole::Query, cfg, progress)?;
             let scores = score_matrix(&qs, &docs, model.hidden_size())?;
-            negatives::mined_negatives(
-                ds,
-                split,
-                &scores,
-                ph.top_k,
-                ph.relative_margin,
-                ph.random_negatives,
-                seed,
-            )
+            negatives::mined_negatives(ds, split, &scores, ph, seed)
         }
     };
     negatives::write_jsonl(&path, &negs)?;
