@@ -13,8 +13,9 @@ R=/root/work/out
 FINAL=$OUT
 mkdir -p "$R"
 pack() {
-  python3 bench/gpu/f16_adapters.py "$R/adapters" /root/work/runs/sft_*/best /root/work/runs/*/best-phase1 /root/work/runs/*/adapter 2>&1 | tail -3
-  for f in "$R"/adapters/*.safetensors; do
+  # ADAPTERS=0: leave the adapters on the machine (full fine-tunings are tens of MB each).
+  [ "${ADAPTERS:-1}" = 0 ] || python3 bench/gpu/f16_adapters.py "$R/adapters" /root/work/runs/sft_*/best /root/work/runs/*/best-phase1 /root/work/runs/*/adapter 2>&1 | tail -3
+  [ "${ADAPTERS:-1}" = 0 ] || for f in "$R"/adapters/*.safetensors; do
     case $f in */sft_*__adapter.safetensors) ;; *) [ -f "$f" ] && cp "$f" "$FINAL/" ;; esac
   done
   tar cf "$FINAL/results.tar.tmp" --exclude='*.safetensors' --exclude='*.adapter.tar' --exclude='*.adapters.tar' -C "$R" . \
