@@ -111,17 +111,20 @@ pub fn accumulate_sums(
     Ok(())
 }
 
-/// Global L2 norm of `grads`.
+/// Global L2 norm of `grads`: each variable's sum of squares in its own dtype, widened to
+/// f64, all read back to the host in one transfer and added there in order.
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
-    let mut sum = 0f64;
-    for g in grads {
-        sum += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+    if grads.is_empty() {
+        return Ok(0.0);
     }
-    Ok(sum.sqrt())
+    // One read for all variables: reading each sum on its own waited for the device once
+    // per variable (72 waits a step for MiniLM's LoRA).
+    let sums: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64))
+        .collect::<candle_core::Result<_>>()?;
+    let sums: Vec<f64> = Tensor::stack(&sums, 0)?.to_vec1()?;
+    Ok(sums.iter().sum::<f64>().sqrt())
 }
 
 /// Scales `grads` so that their global norm is at most `max_norm` (0: unchanged); returns the
