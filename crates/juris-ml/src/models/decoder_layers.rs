@@ -1373,11 +1373,17 @@ mod llama_cpp_attention {
     #[inline(always)]
     pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
         let mut acc = [[0f32; 16]; 4];
-        for (ca, cb) in a.chunks(64).zip(b.chunks(64)) {
-            for (i, (&x, &y)) in ca.iter().zip(cb).enumerate() {
-                let (r, l) = (i / 16, i % 16);
-                acc[r][l] = x.mul_add(y, acc[r][l]);
+        let (mut ca, mut cb) = (a.chunks_exact(64), b.chunks_exact(64));
+        for (xa, xb) in (&mut ca).zip(&mut cb) {
+            for r in 0..4 {
+                for l in 0..16 {
+                    acc[r][l] = xa[16 * r + l].mul_add(xb[16 * r + l], acc[r][l]);
+                }
             }
+        }
+        for (i, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+            let (r, l) = (i / 16, i % 16);
+            acc[r][l] = x.mul_add(y, acc[r][l]);
         }
         for l in 0..16 {
             acc[0][l] += acc[2][l];
@@ -1431,58 +1437,72 @@ mod llama_cpp_attention {
         scale: f32,
         window: Option<usize>,
     ) -> Vec<f32> {
+        use rayon::prelude::*;
         let heads = q.len() / (n * hd);
         let rep = heads / kv_heads;
         let stride = kv_heads * hd;
         let padded = t.div_ceil(PAD) * PAD;
-        let mut out = vec![0f32; n * heads * hd];
-        let mut p = vec![0f32; padded];
-        let mut col = vec![0f32; padded];
-        for i in 0..n {
+        // Values per key/value head and channel as rows over the keys (zero-padded), the
+        // operand order of llama.cpp's transposed V cache.
+        let mut vt = vec![0f32; kv_heads * hd * padded];
+        for j in 0..t {
+            for (c, &x) in v[j * stride..(j + 1) * stride].iter().enumerate() {
+                vt[c * padded + j] = x;
+            }
+        }
+        let one = |ih: usize, o: &mut [f32]| {
+            let (i, h) = (ih / heads, ih % heads);
+            let g = h / rep;
             let pos = t - n + i;
             let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            for h in 0..heads {
-                let g = h / rep;
-                let qh = &q[(i * heads + h) * hd..(i * heads + h + 1) * hd];
-                let mut max = f32::NEG_INFINITY;
-                p.iter_mut().for_each(|x| *x = 0.0);
-                for j in first..=pos {
-                    let s = dot(qh, &k[j * stride + g * hd..j * stride + (g + 1) * hd]) * scale;
-                    p[j] = s;
-                    max = max.max(s);
-                }
-                let mut sum = 0f64;
-                for (c, run) in p.chunks_mut(16).enumerate() {
-                    let mut vals = [0f32; 16];
-                    for (l, x) in run.iter_mut().enumerate() {
-                        let j = c * 16 + l;
-                        *x = if j >= first && j <= pos {
-                            ggml_expf(*x - max)
-                        } else {
-                            0.0
-                        };
-                        vals[l] = *x;
-                    }
-                    sum += reduce16(&vals) as f64;
-                }
-                let inv = (1.0 / sum) as f32;
-                p.iter_mut().for_each(|x| *x *= inv);
-                let o = &mut out[(i * heads + h) * hd..(i * heads + h + 1) * hd];
-                for (d, od) in o.iter_mut().enumerate() {
-                    for (j, c) in col.iter_mut().enumerate().take(t) {
-                        *c = v[j * stride + g * hd + d];
-                    }
-                    *od = if n == 1 {
-                        dot(&p, &col)
-                    } else {
-                        let mut acc = [0f32; 16];
-                        for (j, (&pj, &vj)) in p.iter().zip(&col).enumerate() {
-                            acc[j % 16] = pj.mul_add(vj, acc[j % 16]);
-                        }
-                        reduce16(&acc)
-                    };
-                }
+            let qh = &q[ih * hd..(ih + 1) * hd];
+            let mut p = vec![0f32; padded];
+            let mut max = f32::NEG_INFINITY;
+            for j in first..=pos {
+                let s = dot(qh, &k[j * stride + g * hd..j * stride + (g + 1) * hd]) * scale;
+                p[j] = s;
+                max = max.max(s);
             }
+            let mut sum = 0f64;
+            for (c, run) in p.chunks_mut(16).enumerate() {
+                let mut vals = [0f32; 16];
+                for (l, x) in run.iter_mut().enumerate() {
+                    let j = c * 16 + l;
+                    *x = if j >= first && j <= pos {
+                        ggml_expf(*x - max)
+                    } else {
+                        0.0
+                    };
+                    vals[l] = *x;
+                }
+                sum += reduce16(&vals) as f64;
+            }
+            let inv = (1.0 / sum) as f32;
+            p.iter_mut().for_each(|x| *x *= inv);
+            for (d, od) in o.iter_mut().enumerate() {
+                let col = &vt[(g * hd + d) * padded..(g * hd + d + 1) * padded];
+                *od = if n == 1 {
+                    dot(&p, col)
+                } else {
+                    let mut acc = [0f32; 16];
+                    for (pc, vc) in p.chunks_exact(16).zip(col.chunks_exact(16)) {
+                        for l in 0..16 {
+                            acc[l] = pc[l].mul_add(vc[l], acc[l]);
+                        }
+                    }
+                    reduce16(&acc)
+                };
+            }
+        };
+        let mut out = vec![0f32; n * heads * hd];
+        if 2 * n * heads * padded * hd >= super::PARALLEL_ATTENTION_WORK {
+            out.par_chunks_mut(hd)
+                .enumerate()
+                .for_each(|(ih, o)| one(ih, o));
+        } else {
+            out.chunks_mut(hd)
+                .enumerate()
+                .for_each(|(ih, o)| one(ih, o));
         }
         out
     }
