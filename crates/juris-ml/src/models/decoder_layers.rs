@@ -1264,7 +1264,11 @@ impl HostKv {
     ) -> Result<Vec<f32>> {
         let (kvh, hd) = (self.kv_heads, self.head_dim);
         let t = self.len();
-        if n == 0 || n > t || q.len() % (n * hd) != 0 || (q.len() / (n * hd)) % kvh != 0 {
+        if n == 0
+            || n > t
+            || !q.len().is_multiple_of(n * hd)
+            || !(q.len() / (n * hd)).is_multiple_of(kvh)
+        {
             return Err(MlError::Mismatch(format!(
                 "attention step: {} query values for {n} tokens of {kvh} key/value heads of width {hd} over {t} tokens",
                 q.len()
@@ -1385,14 +1389,13 @@ mod llama_cpp_attention {
             let (r, l) = (i / 16, i % 16);
             acc[r][l] = x.mul_add(y, acc[r][l]);
         }
-        for l in 0..16 {
-            acc[0][l] += acc[2][l];
-            acc[1][l] += acc[3][l];
+        // ggml folds its accumulators in halves: a0 + a2, a1 + a3, then the two.
+        let [a0, a1, a2, a3] = acc;
+        let mut folded = [0f32; 16];
+        for (l, f) in folded.iter_mut().enumerate() {
+            *f = (a0[l] + a2[l]) + (a1[l] + a3[l]);
         }
-        for l in 0..16 {
-            acc[0][l] += acc[1][l];
-        }
-        reduce16(&acc[0])
+        reduce16(&folded)
     }
 
     /// ggml's vectorized `expf` (AVX-512 build): `x = n·ln2 + b` with `n` rounded to an

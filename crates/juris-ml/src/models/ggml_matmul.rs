@@ -386,9 +386,9 @@ mod kquant {
     pub(super) fn q4k_min_sums(mn: &[u8; 8], y: &Q8K) -> [i32; 4] {
         let mut out = [0i32; 4];
         for (p, o) in out.iter_mut().enumerate() {
-            for j in 2 * p..2 * p + 2 {
+            for (j, &m) in mn.iter().enumerate().skip(2 * p).take(2) {
                 let bsum = y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32;
-                *o += mn[j] as i32 * bsum;
+                *o += m as i32 * bsum;
             }
         }
         out
