@@ -1274,13 +1274,6 @@ impl HostKv {
                 q.len()
             )));
         }
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected.
-            return Ok(unsafe {
-                llama_cpp_attention::attend_fma(q, &self.k, &self.v, n, t, kvh, hd, scale, window)
-            });
-        }
         Ok(llama_cpp_attention::attend(
             q, &self.k, &self.v, n, t, kvh, hd, scale, window,
         ))
@@ -1425,6 +1418,103 @@ mod llama_cpp_attention {
         (j as f64 * 2f64.powi(n as i32)) as f32
     }
 
+    /// What one (query row, head) task of [`attend`] reads.
+    pub(super) struct HeadJob<'a> {
+        q: &'a [f32],
+        k: &'a [f32],
+        v: &'a [f32],
+        n: usize,
+        t: usize,
+        heads: usize,
+        rep: usize,
+        stride: usize,
+        hd: usize,
+        padded: usize,
+        scale: f32,
+        window: Option<usize>,
+    }
+
+    /// The output of query row `ih / heads`, head `ih % heads` into `o` (`hd` values).
+    #[inline(always)]
+    fn head(job: &HeadJob, ih: usize, o: &mut [f32]) {
+        let HeadJob {
+            q,
+            k,
+            v,
+            n,
+            t,
+            heads,
+            rep,
+            stride,
+            hd,
+            padded,
+            scale,
+            window,
+        } = *job;
+
+        let (i, h) = (ih / heads, ih % heads);
+        let g = h / rep;
+        let pos = t - n + i;
+        let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let qh = &q[ih * hd..(ih + 1) * hd];
+        let mut p = vec![0f32; padded];
+        let mut max = f32::NEG_INFINITY;
+        for j in first..=pos {
+            let s = dot(qh, &k[j * stride + g * hd..j * stride + (g + 1) * hd]) * scale;
+            p[j] = s;
+            max = max.max(s);
+        }
+        let mut sum = 0f64;
+        for (c, run) in p.chunks_mut(16).enumerate() {
+            let mut vals = [0f32; 16];
+            for (l, x) in run.iter_mut().enumerate() {
+                let j = c * 16 + l;
+                *x = if j >= first && j <= pos {
+                    ggml_expf(*x - max)
+                } else {
+                    0.0
+                };
+                vals[l] = *x;
+            }
+            sum += reduce16(&vals) as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        p.iter_mut().for_each(|x| *x *= inv);
+        // The output channels are summed over the keys in ggml's lanes, key `j` in lane
+        // `j % 64` (one query row: its dot product's 4 accumulators of 16) or `j % 16` (a
+        // prompt: its GEMM's one accumulator), every channel at once. Keys outside the
+        // window would only add exact zeros.
+        let lanes = if n == 1 { 64 } else { 16 };
+        let mut acc = vec![0f32; lanes * hd];
+        for (j, &pj) in p.iter().enumerate().take(pos + 1).skip(first) {
+            let slot = j % lanes;
+            let vr = &v[j * stride + g * hd..j * stride + (g + 1) * hd];
+            for (a, &y) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(vr) {
+                *a = pj.mul_add(y, *a);
+            }
+        }
+        for (d, od) in o.iter_mut().enumerate() {
+            let lane = |l: usize| acc[l * hd + d];
+            let mut folded = [0f32; 16];
+            for (l, f) in folded.iter_mut().enumerate() {
+                *f = if n == 1 {
+                    (lane(l) + lane(32 + l)) + (lane(16 + l) + lane(48 + l))
+                } else {
+                    lane(l)
+                };
+            }
+            *od = reduce16(&folded);
+        }
+    }
+
+    /// [`head`] compiled with FMA (the crate's baseline has none, and `mul_add` would be a
+    /// libm call per product); the same numbers.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn head_fma(job: &HeadJob, ih: usize, o: &mut [f32]) {
+        head(job, ih, o)
+    }
+
     /// Attention of `n` query rows (`q`: `[n, heads, hd]`, the last `n` of `t` cached
     /// tokens) over the cache (`k`, `v`: `[t, kv_heads, hd]`); `[n, heads·hd]`.
     #[allow(clippy::too_many_arguments)]
@@ -1445,57 +1535,32 @@ mod llama_cpp_attention {
         let rep = heads / kv_heads;
         let stride = kv_heads * hd;
         let padded = t.div_ceil(PAD) * PAD;
-        // Values per key/value head and channel as rows over the keys (zero-padded), the
-        // operand order of llama.cpp's transposed V cache.
-        let mut vt = vec![0f32; kv_heads * hd * padded];
-        for j in 0..t {
-            for (c, &x) in v[j * stride..(j + 1) * stride].iter().enumerate() {
-                vt[c * padded + j] = x;
-            }
-        }
+        #[cfg(target_arch = "x86_64")]
+        let fma = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let fma = false;
+        let job = HeadJob {
+            q,
+            k,
+            v,
+            n,
+            t,
+            heads,
+            rep,
+            stride,
+            hd,
+            padded,
+            scale,
+            window,
+        };
         let one = |ih: usize, o: &mut [f32]| {
-            let (i, h) = (ih / heads, ih % heads);
-            let g = h / rep;
-            let pos = t - n + i;
-            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let qh = &q[ih * hd..(ih + 1) * hd];
-            let mut p = vec![0f32; padded];
-            let mut max = f32::NEG_INFINITY;
-            for j in first..=pos {
-                let s = dot(qh, &k[j * stride + g * hd..j * stride + (g + 1) * hd]) * scale;
-                p[j] = s;
-                max = max.max(s);
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: the features were detected above.
+                unsafe { head_fma(&job, ih, o) };
+                return;
             }
-            let mut sum = 0f64;
-            for (c, run) in p.chunks_mut(16).enumerate() {
-                let mut vals = [0f32; 16];
-                for (l, x) in run.iter_mut().enumerate() {
-                    let j = c * 16 + l;
-                    *x = if j >= first && j <= pos {
-                        ggml_expf(*x - max)
-                    } else {
-                        0.0
-                    };
-                    vals[l] = *x;
-                }
-                sum += reduce16(&vals) as f64;
-            }
-            let inv = (1.0 / sum) as f32;
-            p.iter_mut().for_each(|x| *x *= inv);
-            for (d, od) in o.iter_mut().enumerate() {
-                let col = &vt[(g * hd + d) * padded..(g * hd + d + 1) * padded];
-                *od = if n == 1 {
-                    dot(&p, col)
-                } else {
-                    let mut acc = [0f32; 16];
-                    for (pc, vc) in p.chunks_exact(16).zip(col.chunks_exact(16)) {
-                        for l in 0..16 {
-                            acc[l] = pc[l].mul_add(vc[l], acc[l]);
-                        }
-                    }
-                    reduce16(&acc)
-                };
-            }
+            head(&job, ih, o);
         };
         let mut out = vec![0f32; n * heads * hd];
         if 2 * n * heads * padded * hd >= super::PARALLEL_ATTENTION_WORK {
@@ -1508,25 +1573,6 @@ mod llama_cpp_attention {
                 .for_each(|(ih, o)| one(ih, o));
         }
         out
-    }
-
-    /// [`attend`] compiled with FMA (the crate's baseline has none, and `mul_add` would
-    /// be a libm call per product); the same numbers.
-    #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn attend_fma(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        n: usize,
-        t: usize,
-        kv_heads: usize,
-        hd: usize,
-        scale: f32,
-        window: Option<usize>,
-    ) -> Vec<f32> {
-        attend(q, k, v, n, t, kv_heads, hd, scale, window)
     }
 }
 
@@ -1908,19 +1954,35 @@ pub fn gelu_tanh_f16(x: &Tensor) -> Result<Tensor> {
 /// `ggml_expf`), the rest of the row with the C library's. On the CPU, for f32 `x`
 /// `[.., width]`.
 pub fn silu_llama_cpp(x: &Tensor) -> Result<Tensor> {
-    let width = x.dim(D::Minus1)?;
-    let mut v = x.flatten_all()?.to_vec1::<f32>()?;
-    for row in v.chunks_mut(width) {
-        let simd = width - width % 16;
-        for (i, a) in row.iter_mut().enumerate() {
-            let e = if i < simd {
-                llama_cpp_attention::ggml_expf(-*a)
-            } else {
-                (-*a).exp()
-            };
-            *a /= 1.0 + e;
+    #[inline(always)]
+    fn rows(v: &mut [f32], width: usize) {
+        for row in v.chunks_mut(width) {
+            let simd = width - width % 16;
+            for (i, a) in row.iter_mut().enumerate() {
+                let e = if i < simd {
+                    llama_cpp_attention::ggml_expf(-*a)
+                } else {
+                    (-*a).exp()
+                };
+                *a /= 1.0 + e;
+            }
         }
     }
+    /// [`rows`] with FMA (`ggml_expf`'s multiply-adds are libm calls without it).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_fma(v: &mut [f32], width: usize) {
+        rows(v, width)
+    }
+    let width = x.dim(D::Minus1)?;
+    let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        unsafe { rows_fma(&mut v, width) };
+        return Ok(Tensor::from_vec(v, x.shape(), x.device())?);
+    }
+    rows(&mut v, width);
     Ok(Tensor::from_vec(v, x.shape(), x.device())?)
 }
 
