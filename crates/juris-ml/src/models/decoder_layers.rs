@@ -17,6 +17,14 @@
 //! and values, and [`SelfAttention::forward_cached`] attends a chunk of new tokens (the
 //! whole prompt at once, then one token at a time) over the cached ones, with positions
 //! and the causal / sliding-window bias built from the cache's length ([`step_inputs`]).
+//!
+//! Models with quantized weights run on the CPU as llama.cpp's CPU backend runs them, value
+//! for value, so that their tokens are llama.cpp's: besides the products
+//! ([`super::ggml_matmul`]) and RMSNorm, the rotary angles and rotation
+//! ([`Rope::llama_cpp`]), attention ([`SelfAttention::set_llama_cpp`]: ggml's dot-product
+//! orders, its vectorized `expf`, f64 softmax sums) and the MLP activation (GELU through
+//! its f16 table, SiLU with its `expf`). Dense (f32) weights keep the f32 forms of the
+//! Hugging Face references.
 
 use std::sync::Arc;
 
@@ -599,6 +607,12 @@ pub struct Rope {
     interleaved: bool,
     /// Linear position scaling (positions are divided by it).
     linear_factor: f32,
+    /// `theta^(-2/dim)` in f32, the ratio of consecutive angles in llama.cpp's form.
+    theta_scale: f32,
+    /// Per-pair frequency divisors (`rope_freqs.weight`), when the file has them.
+    freq_factors: Option<Vec<f32>>,
+    /// Rotate as llama.cpp's CPU backend does ([`Rope::llama_cpp`]).
+    llama_cpp: bool,
 }
 
 impl Rope {
@@ -636,12 +650,67 @@ impl Rope {
             inv_freq,
             interleaved,
             linear_factor,
+            theta_scale: (theta as f32).powf(-2.0 / dim as f32),
+            freq_factors: freq_factors.map(|f| f.to_vec()),
+            llama_cpp: false,
         })
+    }
+
+    /// The same rotation computed as llama.cpp's CPU backend computes it, for models run
+    /// the way llama.cpp runs them (quantized weights): the angle of pair `i + 1` is the
+    /// angle of pair `i` times `theta^(-2/dim)` in f32, starting from the position (not
+    /// `position · inv_freqᵢ`; the recurrence drifts by a few ulps over the pairs), and
+    /// each rotated value is one fused multiply-add (`x₀·cos − x₁·sin` as
+    /// `fma(x₀, cos, −(x₁·sin))`). Applies to CPU inference; a tracked input (training)
+    /// and other devices keep the f32 form of the references.
+    pub fn llama_cpp(mut self) -> Rope {
+        self.llama_cpp = true;
+        self
+    }
+
+    /// [`Rope::apply`] in llama.cpp's form (see [`Rope::llama_cpp`]) on host memory.
+    fn apply_llama_cpp(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let (_, h, s, hd) = x.dims4()?;
+        let half = self.inv_freq.len();
+        let pos = positions.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+        let freq_scale = 1.0 / self.linear_factor;
+        let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+        for (bi, row_pos) in pos.iter().enumerate() {
+            for (si, &p) in row_pos.iter().enumerate().take(s) {
+                let mut theta = p as f32;
+                for i in 0..half {
+                    let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
+                    let t = freq_scale * (theta / ff);
+                    cos[i] = t.cos();
+                    sin[i] = t.sin();
+                    theta *= self.theta_scale;
+                }
+                for hi in 0..h {
+                    let start = ((bi * h + hi) * s + si) * hd;
+                    let row = &mut v[start..start + hd];
+                    for i in 0..half {
+                        let (a, b) = if self.interleaved {
+                            (2 * i, 2 * i + 1)
+                        } else {
+                            (i, i + half)
+                        };
+                        let (x0, x1) = (row[a], row[b]);
+                        row[a] = x0.mul_add(cos[i], -(x1 * sin[i]));
+                        row[b] = x0.mul_add(sin[i], x1 * cos[i]);
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(v, x.shape(), x.device())?)
     }
 
     /// Applies the rotation to `x` `[batch, heads, seq, head_dim]` at `positions`
     /// (`[batch][seq]`). Only the first `2 * inv_freq.len()` channels rotate.
     pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        if self.llama_cpp && !x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 {
+            return self.apply_llama_cpp(x, positions);
+        }
         let (b, _h, s, hd) = x.dims4()?;
         let half = self.inv_freq.len();
         let inv = Tensor::from_slice(&self.inv_freq, (1, 1, half), x.device())?;
@@ -964,9 +1033,18 @@ pub struct SelfAttention {
     k_norm: Option<RmsNorm>,
     shape: HeadShape,
     scale: f64,
+    /// Attend as llama.cpp's CPU backend does ([`SelfAttention::set_llama_cpp`]).
+    llama_cpp: bool,
 }
 
 impl SelfAttention {
+    /// Makes CPU inference attend exactly as llama.cpp's CPU backend does (F32 KV cache,
+    /// no flash attention; see [`HostKv::attend_llama_cpp`]), for models run the way
+    /// llama.cpp runs them (quantized weights). Training and other devices are unchanged.
+    pub fn set_llama_cpp(&mut self) {
+        self.llama_cpp = true;
+    }
+
     /// Loads `{prefix}.attn_{q,k,v,output}` (with biases on q/k/v when `qkv_bias`) and,
     /// with `qk_norm`, `{prefix}.attn_{q,k}_norm`. Scores are multiplied by `scale`.
     #[allow(clippy::too_many_arguments)]
@@ -994,6 +1072,7 @@ impl SelfAttention {
             k_norm: qk_norm.map(|eps| norm("attn_k_norm", eps)).transpose()?,
             shape,
             scale,
+            llama_cpp: false,
         })
     }
 
@@ -1077,6 +1156,13 @@ impl SelfAttention {
                 .host
                 .get_or_insert_with(|| HostKv::new(kv_heads, head_dim));
             host.append(&k, &v)?;
+            if self.llama_cpp && !q.track_op() {
+                let n = q.dim(2)?;
+                let q = q.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()?;
+                let out = host.attend_llama_cpp(&q, n, self.scale as f32, window)?;
+                let out = Tensor::from_vec(out, (1, n, heads * head_dim), x.device())?;
+                return self.o.forward(&out);
+            }
             if q.dim(2)? == 1 && !q.track_op() {
                 // One new token: attention over the cache without candle ops (see
                 // `HostKv::attend_one`).
@@ -1166,6 +1252,33 @@ impl HostKv {
         Ok((t(&self.k)?, t(&self.v)?))
     }
 
+    /// Attention of the newest `n` tokens (the last ones appended) as llama.cpp computes it
+    /// (see [`llama_cpp_attention`]); `q` is `[n, heads, head_dim]` (rotated), the result
+    /// `[n, heads · head_dim]`.
+    fn attend_llama_cpp(
+        &self,
+        q: &[f32],
+        n: usize,
+        scale: f32,
+        window: Option<usize>,
+    ) -> Result<Vec<f32>> {
+        let (kvh, hd) = (self.kv_heads, self.head_dim);
+        let t = self.len();
+        if n == 0
+            || n > t
+            || !q.len().is_multiple_of(n * hd)
+            || !(q.len() / (n * hd)).is_multiple_of(kvh)
+        {
+            return Err(MlError::Mismatch(format!(
+                "attention step: {} query values for {n} tokens of {kvh} key/value heads of width {hd} over {t} tokens",
+                q.len()
+            )));
+        }
+        Ok(llama_cpp_attention::attend(
+            q, &self.k, &self.v, n, t, kvh, hd, scale, window,
+        ))
+    }
+
     /// Attention of the newest token (the last one appended): `q` holds its query heads
     /// (`[heads, head_dim]`, rotated); each head attends the keys of its group
     /// (`head / (heads / kv_heads)`, as [`repeat_kv`] pairs them) that a query at the last
@@ -1212,6 +1325,254 @@ impl HostKv {
             out.chunks_mut(hd).enumerate().for_each(|(h, o)| head(h, o));
         }
         Ok(out)
+    }
+}
+
+/// llama.cpp's attention on the CPU, value for value (observed on its own tensors, F32
+/// KV cache, no flash attention, x86 build with AVX-512; `scripts/diag/`):
+///
+/// * a score is ggml's f32 dot product of the query and key rows: 4 accumulators of 16
+///   lanes over blocks of 64 values (fused multiply-adds), folded `a0+a2`, `a1+a3`, then
+///   together, then [`reduce16`];
+/// * the softmax subtracts the row maximum, exponentiates with ggml's vectorized `expf`
+///   ([`ggml_expf`], not the C library's), sums each run of 16 keys in f32 ([`reduce16`])
+///   and the runs in f64, and multiplies by `(1/sum) as f32`;
+/// * the output is, per value channel, the dot product of the probabilities with the
+///   values over the keys: for one query row ggml's dot product as above, for several
+///   (a prompt) its tiled f32 GEMM, one accumulator of 16 lanes (key `j` in lane `j % 16`),
+///   then [`reduce16`].
+///
+/// Keys a query does not see count as zero probability in their lane, as llama.cpp's
+/// masked (`-inf`) scores do; its padded cache rows beyond the last token add zeros.
+/// Scores are `(q·k)·scale`; llama.cpp scales Gemma's queries before the product
+/// instead, the same numbers for its power-of-two scales.
+mod llama_cpp_attention {
+    /// Keys are padded to this multiple in llama.cpp's cache (zeros past the end).
+    const PAD: usize = 64;
+
+    /// ggml's `_mm512_reduce_add_ps` order of 16 lanes (the compiler's expansion): halves
+    /// of 8, then of 4, then `(r0 + r2) + (r1 + r3)`.
+    #[inline(always)]
+    pub(super) fn reduce16(x: &[f32; 16]) -> f32 {
+        let mut t8 = [0f32; 8];
+        for i in 0..8 {
+            t8[i] = x[i + 8] + x[i];
+        }
+        let mut t4 = [0f32; 4];
+        for i in 0..4 {
+            t4[i] = t8[i + 4] + t8[i];
+        }
+        (t4[0] + t4[2]) + (t4[1] + t4[3])
+    }
+
+    /// ggml's f32 dot product of two rows (see the module docs); rows shorter than a
+    /// block of 64 count as zero-padded.
+    #[inline(always)]
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [[0f32; 16]; 4];
+        let (mut ca, mut cb) = (a.chunks_exact(64), b.chunks_exact(64));
+        for (xa, xb) in (&mut ca).zip(&mut cb) {
+            for r in 0..4 {
+                for l in 0..16 {
+                    acc[r][l] = xa[16 * r + l].mul_add(xb[16 * r + l], acc[r][l]);
+                }
+            }
+        }
+        for (i, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+            let (r, l) = (i / 16, i % 16);
+            acc[r][l] = x.mul_add(y, acc[r][l]);
+        }
+        // ggml folds its accumulators in halves: a0 + a2, a1 + a3, then the two.
+        let [a0, a1, a2, a3] = acc;
+        let mut folded = [0f32; 16];
+        for (l, f) in folded.iter_mut().enumerate() {
+            *f = (a0[l] + a2[l]) + (a1[l] + a3[l]);
+        }
+        reduce16(&folded)
+    }
+
+    /// ggml's vectorized `expf` (AVX-512 build): `x = n·ln2 + b` with `n` rounded to an
+    /// integer through `x·log2(e) + 1.5·2²³` and `ln2` split in two for the reduction, a
+    /// degree-5 polynomial of `b` in the same fused steps, scaled by `2ⁿ` with one
+    /// rounding; `|n| > 192` gives 0 or infinity. Within ~1.5 ulp of `exp`, and not the
+    /// C library's result, so it is reproduced rather than approximated.
+    pub(super) fn ggml_expf(x: f32) -> f32 {
+        let shift = f32::from_bits(0x4B40_0000); // 1.5·2²³
+        let z = x.mul_add(f32::from_bits(0x3FB8_AA3B), shift); // log2(e)
+        let n = z - shift;
+        let b = (-n).mul_add(f32::from_bits(0x3F31_7200), x); // ln2, high part
+        let b = (-n).mul_add(f32::from_bits(0x35BF_BE8E), b); // ln2, low part
+        let u = b * b;
+        let p = f32::from_bits(0x3C07_2010).mul_add(b, f32::from_bits(0x3D2B_9F17));
+        let q = f32::from_bits(0x3E2A_AF33).mul_add(b, f32::from_bits(0x3EFF_FEDB));
+        let r = f32::from_bits(0x3F7F_FFF6).mul_add(b, 1.0);
+        let j = p.mul_add(u, q).mul_add(u, r);
+        if n.is_nan() || n.abs() > 192.0 {
+            return if n <= 0.0 || n.is_nan() {
+                0.0
+            } else {
+                f32::INFINITY
+            };
+        }
+        // j·2ⁿ is exact in f64; one rounding to f32, as `scalef` does.
+        (j as f64 * 2f64.powi(n as i32)) as f32
+    }
+
+    /// What one (query row, head) task of [`attend`] reads.
+    pub(super) struct HeadJob<'a> {
+        q: &'a [f32],
+        k: &'a [f32],
+        v: &'a [f32],
+        n: usize,
+        t: usize,
+        heads: usize,
+        rep: usize,
+        stride: usize,
+        hd: usize,
+        padded: usize,
+        scale: f32,
+        window: Option<usize>,
+    }
+
+    /// The output of query row `ih / heads`, head `ih % heads` into `o` (`hd` values).
+    #[inline(always)]
+    fn head(job: &HeadJob, ih: usize, o: &mut [f32]) {
+        let HeadJob {
+            q,
+            k,
+            v,
+            n,
+            t,
+            heads,
+            rep,
+            stride,
+            hd,
+            padded,
+            scale,
+            window,
+        } = *job;
+
+        let (i, h) = (ih / heads, ih % heads);
+        let g = h / rep;
+        let pos = t - n + i;
+        let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let qh = &q[ih * hd..(ih + 1) * hd];
+        let mut p = vec![0f32; padded];
+        let mut max = f32::NEG_INFINITY;
+        for j in first..=pos {
+            let s = dot(qh, &k[j * stride + g * hd..j * stride + (g + 1) * hd]) * scale;
+            p[j] = s;
+            max = max.max(s);
+        }
+        let mut sum = 0f64;
+        for (c, run) in p.chunks_mut(16).enumerate() {
+            let mut vals = [0f32; 16];
+            for (l, x) in run.iter_mut().enumerate() {
+                let j = c * 16 + l;
+                *x = if j >= first && j <= pos {
+                    ggml_expf(*x - max)
+                } else {
+                    0.0
+                };
+                vals[l] = *x;
+            }
+            sum += reduce16(&vals) as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        p.iter_mut().for_each(|x| *x *= inv);
+        // The output channels are summed over the keys in ggml's lanes, key `j` in lane
+        // `j % 64` (one query row: its dot product's 4 accumulators of 16) or `j % 16` (a
+        // prompt: its GEMM's one accumulator), every channel at once. Keys outside the
+        // window would only add exact zeros.
+        let lanes = if n == 1 { 64 } else { 16 };
+        let mut acc = vec![0f32; lanes * hd];
+        for (j, &pj) in p.iter().enumerate().take(pos + 1).skip(first) {
+            let slot = j % lanes;
+            let vr = &v[j * stride + g * hd..j * stride + (g + 1) * hd];
+            for (a, &y) in acc[slot * hd..(slot + 1) * hd].iter_mut().zip(vr) {
+                *a = pj.mul_add(y, *a);
+            }
+        }
+        for (d, od) in o.iter_mut().enumerate() {
+            let lane = |l: usize| acc[l * hd + d];
+            let mut folded = [0f32; 16];
+            for (l, f) in folded.iter_mut().enumerate() {
+                *f = if n == 1 {
+                    (lane(l) + lane(32 + l)) + (lane(16 + l) + lane(48 + l))
+                } else {
+                    lane(l)
+                };
+            }
+            *od = reduce16(&folded);
+        }
+    }
+
+    /// [`head`] compiled with FMA (the crate's baseline has none, and `mul_add` would be a
+    /// libm call per product); the same numbers.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn head_fma(job: &HeadJob, ih: usize, o: &mut [f32]) {
+        head(job, ih, o)
+    }
+
+    /// Attention of `n` query rows (`q`: `[n, heads, hd]`, the last `n` of `t` cached
+    /// tokens) over the cache (`k`, `v`: `[t, kv_heads, hd]`); `[n, heads·hd]`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) fn attend(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        n: usize,
+        t: usize,
+        kv_heads: usize,
+        hd: usize,
+        scale: f32,
+        window: Option<usize>,
+    ) -> Vec<f32> {
+        use rayon::prelude::*;
+        let heads = q.len() / (n * hd);
+        let rep = heads / kv_heads;
+        let stride = kv_heads * hd;
+        let padded = t.div_ceil(PAD) * PAD;
+        #[cfg(target_arch = "x86_64")]
+        let fma = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let fma = false;
+        let job = HeadJob {
+            q,
+            k,
+            v,
+            n,
+            t,
+            heads,
+            rep,
+            stride,
+            hd,
+            padded,
+            scale,
+            window,
+        };
+        let one = |ih: usize, o: &mut [f32]| {
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: the features were detected above.
+                unsafe { head_fma(&job, ih, o) };
+                return;
+            }
+            head(&job, ih, o);
+        };
+        let mut out = vec![0f32; n * heads * hd];
+        if 2 * n * heads * padded * hd >= super::PARALLEL_ATTENTION_WORK {
+            out.par_chunks_mut(hd)
+                .enumerate()
+                .for_each(|(ih, o)| one(ih, o));
+        } else {
+            out.chunks_mut(hd)
+                .enumerate()
+                .for_each(|(ih, o)| one(ih, o));
+        }
+        out
     }
 }
 
@@ -1485,9 +1846,10 @@ pub struct GatedMlp {
     up: Projection,
     down: Projection,
     act: GateActivation,
-    /// GELU through llama.cpp's half-precision table ([`gelu_tanh_f16`]), for quantized
-    /// weights (computed the way llama.cpp does).
-    f16_gelu: bool,
+    /// The activation as llama.cpp's CPU backend computes it, for quantized weights
+    /// (computed the way llama.cpp does): GELU through its half-precision table
+    /// ([`gelu_tanh_f16`]), SiLU with its vectorized `expf` ([`silu_llama_cpp`]).
+    llama_cpp_act: bool,
 }
 
 impl GatedMlp {
@@ -1506,7 +1868,7 @@ impl GatedMlp {
         };
         let gate = lin("ffn_gate", [ffn, hidden])?;
         // Float files keep dense weights in quantized mode and their f32 numbers.
-        let f16_gelu = matches!(
+        let llama_cpp_act = matches!(
             gate.base(),
             DecoderLinear::Quantized {
                 weight: QMatMul::QTensor(_),
@@ -1518,7 +1880,7 @@ impl GatedMlp {
             up: lin("ffn_up", [ffn, hidden])?,
             down: lin("ffn_down", [hidden, ffn])?,
             act,
-            f16_gelu,
+            llama_cpp_act,
         })
     }
 
@@ -1535,13 +1897,13 @@ impl GatedMlp {
     /// Applies the MLP to `[.., hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [g, up] = forward_projections([&self.gate, &self.up], x)?;
+        // The llama.cpp forms have no backward: a graph (LoRA training) takes candle's
+        // ops, as do GPUs (llama.cpp's CUDA backend computes in f32 too).
+        let llama_cpp = self.llama_cpp_act && !g.track_op() && g.device().is_cpu();
         let g = match self.act {
+            GateActivation::Silu if llama_cpp => silu_llama_cpp(&g)?,
             GateActivation::Silu => candle_nn::ops::silu(&g)?,
-            // The table has no backward: a graph (LoRA training) takes candle's GELU, as
-            // do GPUs (llama.cpp's CUDA backend computes it in f32 too).
-            GateActivation::GeluTanh if self.f16_gelu && !g.track_op() && g.device().is_cpu() => {
-                gelu_tanh_f16(&g)?
-            }
+            GateActivation::GeluTanh if llama_cpp => gelu_tanh_f16(&g)?,
             GateActivation::GeluTanh => g.gelu()?,
         };
         self.down.forward(&(g * up)?)
@@ -1560,11 +1922,12 @@ pub fn gelu_tanh_f16(x: &Tensor) -> Result<Tensor> {
         (0..=u16::MAX)
             .map(|bits| {
                 let v = half::f16::from_bits(bits).to_f32();
-                // tanh correctly rounded to f32 (through f64), as llama.cpp's libm gives it:
-                // f32 `tanh` here is off by an ulp for some inputs, and where 1 + tanh
-                // cancels that can move the f16 result (171 of 23 473 entries seen on Gemma 3
-                // differed that way, 1 with this).
-                let t = (0.797_884_6 * v * (1.0 + 0.044715 * v * v)) as f64;
+                // llama.cpp's build fuses `1 + a·x·x` into one multiply-add
+                // (`fma(a·x, x, 1)`); without the fusion 18 of 698 368 GELU outputs of a
+                // Gemma 3 prompt came out one f16 step away. tanh is correctly rounded to
+                // f32 (through f64): the same table as glibc's `tanhf` over every f16
+                // input, and independent of the platform's libm.
+                let t = (0.797_884_6 * v * (0.044715 * v).mul_add(v, 1.0)) as f64;
                 let g = 0.5 * v * (1.0 + t.tanh() as f32);
                 half::f16::from_f32(g).to_f32()
             })
@@ -1584,6 +1947,43 @@ pub fn gelu_tanh_f16(x: &Tensor) -> Result<Tensor> {
         })
         .collect();
     Ok(Tensor::from_vec(ys, x.shape(), x.device())?)
+}
+
+/// SiLU (`x / (1 + e⁻ˣ)`) as llama.cpp's CPU backend computes it in its fused SwiGLU:
+/// runs of 16 values of a row with its vectorized `expf` ([`llama_cpp_attention`]'s
+/// `ggml_expf`), the rest of the row with the C library's. On the CPU, for f32 `x`
+/// `[.., width]`.
+pub fn silu_llama_cpp(x: &Tensor) -> Result<Tensor> {
+    #[inline(always)]
+    fn rows(v: &mut [f32], width: usize) {
+        for row in v.chunks_mut(width) {
+            let simd = width - width % 16;
+            for (i, a) in row.iter_mut().enumerate() {
+                let e = if i < simd {
+                    llama_cpp_attention::ggml_expf(-*a)
+                } else {
+                    (-*a).exp()
+                };
+                *a /= 1.0 + e;
+            }
+        }
+    }
+    /// [`rows`] with FMA (`ggml_expf`'s multiply-adds are libm calls without it).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_fma(v: &mut [f32], width: usize) {
+        rows(v, width)
+    }
+    let width = x.dim(D::Minus1)?;
+    let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        unsafe { rows_fma(&mut v, width) };
+        return Ok(Tensor::from_vec(v, x.shape(), x.device())?);
+    }
+    rows(&mut v, width);
+    Ok(Tensor::from_vec(v, x.shape(), x.device())?)
 }
 
 /// Every block's projections in module order (attention q, k, v, o, then MLP), for models
@@ -1607,4 +2007,93 @@ pub fn block_projections_mut<'a>(
                 .chain(mlp.projections_mut())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::llama_cpp_attention::{attend, ggml_expf};
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104729) % 1999) as f32 / 999.5 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn ggml_expf_is_within_two_ulps_of_exp_and_flushes_like_ggml() {
+        for i in 0..20_000 {
+            let x = -100.0 + i as f32 * 0.0051;
+            let (got, want) = (ggml_expf(x), (x as f64).exp() as f32);
+            let ulps = (got.to_bits() as i64 - want.to_bits() as i64).abs();
+            assert!(ulps <= 2, "exp({x}): {got} vs {want}");
+        }
+        assert_eq!(ggml_expf(0.0), 1.0);
+        assert_eq!(ggml_expf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(ggml_expf(-200.0), 0.0);
+    }
+
+    #[test]
+    fn llama_cpp_attention_is_causal_windowed_softmax_attention() {
+        let (heads, kvh, hd, t, n) = (4, 2, 64, 7, 3);
+        let q = values(n * heads * hd, 1);
+        let k = values(t * kvh * hd, 2);
+        let v = values(t * kvh * hd, 3);
+        let scale = 0.125f32;
+        for window in [None, Some(3)] {
+            let ours = attend(&q, &k, &v, n, t, kvh, hd, scale, window);
+            for i in 0..n {
+                let pos = t - n + i;
+                let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                for h in 0..heads {
+                    let g = h / (heads / kvh);
+                    let row = |x: &[f32], j: usize| {
+                        x[(j * kvh + g) * hd..(j * kvh + g + 1) * hd].to_vec()
+                    };
+                    let qh = &q[(i * heads + h) * hd..(i * heads + h + 1) * hd];
+                    let s: Vec<f64> = (first..=pos)
+                        .map(|j| {
+                            let kj = row(&k, j);
+                            qh.iter().zip(&kj).map(|(a, b)| (a * b) as f64).sum::<f64>()
+                                * scale as f64
+                        })
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                    for d in 0..hd {
+                        let want: f64 = (first..=pos)
+                            .zip(&s)
+                            .map(|(j, sj)| (sj - max).exp() / z * row(&v, j)[d] as f64)
+                            .sum();
+                        let got = ours[(i * heads + h) * hd + d] as f64;
+                        assert!((got - want).abs() < 1e-5, "{window:?} [{i}, {h}, {d}]");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn llama_cpp_rope_and_silu_agree_with_the_f32_forms_to_rounding() {
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(values(2 * 3 * 5 * 64, 4), (2, 3, 5, 64), &dev).unwrap();
+        let pos = Tensor::from_vec((0..10u32).map(|p| p * 3).collect(), (2, 5), &dev).unwrap();
+        for interleaved in [false, true] {
+            let rope = Rope::new(10_000.0, 64, None, 1.0, interleaved).unwrap();
+            let plain = rope.apply(&x, &pos).unwrap();
+            let ggml = rope.llama_cpp().apply(&x, &pos).unwrap();
+            let diff = (plain - ggml).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "{interleaved}");
+        }
+        let g = Tensor::from_vec(values(3 * 40, 5), (3, 40), &dev).unwrap();
+        let g = (g * 8.0).unwrap();
+        let diff = (candle_nn::ops::silu(&g).unwrap() - silu_llama_cpp(&g).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
 }

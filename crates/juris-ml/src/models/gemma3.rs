@@ -131,16 +131,22 @@ impl Gemma3Model {
             let norm = |n: &str| RmsNorm::load(g, &format!("{p}.{n}"), h, cfg.eps, device);
             blocks.push(Block {
                 attn_norm: norm("attn_norm")?,
-                attn: SelfAttention::load(
-                    g,
-                    &p,
-                    cfg.heads,
-                    false,
-                    Some(cfg.eps),
-                    scale,
-                    mode,
-                    device,
-                )?,
+                attn: {
+                    let mut a = SelfAttention::load(
+                        g,
+                        &p,
+                        cfg.heads,
+                        false,
+                        Some(cfg.eps),
+                        scale,
+                        mode,
+                        device,
+                    )?;
+                    if mode == WeightMode::Quantized {
+                        a.set_llama_cpp();
+                    }
+                    a
+                },
                 post_attn_norm: norm("post_attention_norm")?,
                 ffn_norm: norm("ffn_norm")?,
                 mlp: GatedMlp::load(g, &p, h, cfg.ffn, GateActivation::GeluTanh, mode, device)?,
@@ -149,8 +155,13 @@ impl Gemma3Model {
             });
         }
         let norm = RmsNorm::load(g, "output_norm", h, cfg.eps, device)?;
-        let rope_local = Rope::new(cfg.rope_local, hd, None, 1.0, false)?;
-        let rope_global = Rope::new(cfg.rope_global, hd, None, cfg.rope_global_linear, false)?;
+        let mut rope_local = Rope::new(cfg.rope_local, hd, None, 1.0, false)?;
+        let mut rope_global = Rope::new(cfg.rope_global, hd, None, cfg.rope_global_linear, false)?;
+        if mode == WeightMode::Quantized {
+            // Quantized weights compute as llama.cpp does (see `ggml_matmul`).
+            rope_local = rope_local.llama_cpp();
+            rope_global = rope_global.llama_cpp();
+        }
         let head = OutputHead::load(g, cfg.dims.vocab, h, mode, device)?;
         Ok(Gemma3Model {
             cfg,
@@ -228,13 +239,14 @@ impl Gemma3Model {
         let layers = cache.layers_mut(self.blocks.len())?;
         let scale = (self.cfg.dims.hidden as f32).sqrt();
         let mut x = (self.embed.forward(&ids)? * scale as f64)?;
-        for (b, lc) in self.blocks.iter().zip(layers.iter_mut()) {
+        let last_block = self.blocks.len().saturating_sub(1);
+        for (i, (b, lc)) in self.blocks.iter().zip(layers.iter_mut()).enumerate() {
             let (rope, bias, window) = if b.sliding {
                 (&self.rope_local, bias.sliding.as_ref(), Some(window))
             } else {
                 (&self.rope_global, bias.full.as_ref(), None)
             };
-            let a = b.attn.forward_cached(
+            let mut a = b.attn.forward_cached(
                 &b.attn_norm.forward(&x)?,
                 rope,
                 &positions,
@@ -242,12 +254,22 @@ impl Gemma3Model {
                 window,
                 lc,
             )?;
+            if i == last_block && n > 1 {
+                // Only the last token's logits are wanted, so after the last attention
+                // (which filled the cache for every token) only its row goes on, as in
+                // llama.cpp. Besides the saved work this keeps llama.cpp's numbers: its
+                // K-quant products sum in an order that depends on the number of rows
+                // (`ggml_matmul`), and it multiplies this one row alone.
+                a = a.narrow(1, n - 1, 1)?;
+                x = x.narrow(1, n - 1, 1)?;
+            }
             x = (&x + b.post_attn_norm.forward(&a)?)?;
             let m = b.mlp.forward(&b.ffn_norm.forward(&x)?)?;
             x = (&x + b.post_ffn_norm.forward(&m)?)?;
         }
         cache.advance(n);
-        let last = self.norm.forward(&x.narrow(1, n - 1, 1)?)?;
+        let rows = x.dim(1)?;
+        let last = self.norm.forward(&x.narrow(1, rows - 1, 1)?)?;
         Ok(self.logits(&last)?.flatten_all()?)
     }
 }

@@ -19,15 +19,20 @@
 //! llama.cpp; ggml's recipe emulated in numpy: 1e-7, summation order). Through 30 layers
 //! that became a ~0.1 median shift of the final logits and flipped near-tied argmaxes.
 //!
-//! The dot products are candle's ([`GgmlType::vec_dot`], SIMD where candle has it), fed
-//! with activation blocks built here, except Q4_1 · Q8_1, whose candle kernel is scalar:
-//! an AVX2 kernel here sums in ggml's x86 order, so SmolLM2's Q4_1 matmuls give llama.cpp's
-//! outputs bit for bit, and decode no longer spends most of its time in scalar code. Only CPU tensors of the types above take
-//! this path; everything else goes to candle's `QMatMul`.
+//! The sums are then ggml's own, so that the outputs are llama.cpp's bit for bit: AVX2
+//! kernels here for Q8_0, Q5_0 and Q4_1 (ggml's x86 `vec_dot` order) and for Q4_K and Q6_K
+//! (the order llama.cpp really uses for them, which depends on the number of rows: its
+//! repacked Q4_K GEMV/GEMM and, for Q6_K, `vec_dot` for a token and its tiled kernel for a
+//! prompt; see [`kquant`]), each with a scalar fallback that computes the same numbers.
+//! Every quantized product of SmolLM2 Q4_1 and Gemma-3-270M Q4_K_M (prompt and decoded
+//! token, all layers) equals llama.cpp's on its own inputs (`scripts/diag/`,
+//! `examples/parity_probe.rs`); tests compare each kernel with ggml's order written out in
+//! scalar code. Q4_0, Q5_1 and Q5_K still use candle's dot products on our activation
+//! blocks. Only CPU tensors of the types above take this path; everything else goes to
+//! candle's `QMatMul`.
 
 use candle_core::quantized::k_quants::{
-    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
-    BlockQ8_1, GgmlType,
+    BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -290,6 +295,8 @@ fn kernel(dtype: GgmlDType) -> Option<RowsKernel> {
             GgmlDType::Q4_1 => return Some(avx2::rows_q4_1),
             GgmlDType::Q5_0 => return Some(avx2::rows_q5_0),
             GgmlDType::Q8_0 => return Some(avx2::rows_q8_0),
+            GgmlDType::Q4K => return Some(avx2::rows_q4k),
+            GgmlDType::Q6K => return Some(avx2::rows_q6k),
             _ => {}
         }
     }
@@ -299,11 +306,201 @@ fn kernel(dtype: GgmlDType) -> Option<RowsKernel> {
         GgmlDType::Q5_0 => rows_candle::<BlockQ5_0>,
         GgmlDType::Q5_1 => rows_candle::<BlockQ5_1>,
         GgmlDType::Q8_0 => rows_candle::<BlockQ8_0>,
-        GgmlDType::Q4K => rows_candle::<BlockQ4K>,
+        GgmlDType::Q4K => kquant::rows_q4k,
         GgmlDType::Q5K => rows_candle::<BlockQ5K>,
-        GgmlDType::Q6K => rows_candle::<BlockQ6K>,
+        GgmlDType::Q6K => kquant::rows_q6k,
         _ => return None,
     })
+}
+
+/// The Q8_K activation blocks of row `row` (`kb` blocks a row) and the number of rows
+/// `m` of the product (llama.cpp's order for K-quants depends on it, see [`kquant`]).
+fn q8k_row(acts: &Acts, row: usize, kb: usize) -> (&[Q8K], usize) {
+    match acts {
+        Acts::Q8K(blocks) => (&blocks[row * kb..(row + 1) * kb], blocks.len() / kb),
+        _ => unreachable!("Q8_K activations for a K-quant weight"),
+    }
+}
+
+/// Whether llama.cpp computes row `row` of `m` of a repacked Q4_K product in a group of
+/// four rows (the first `m - m % 4` rows are).
+fn q4k_grouped(row: usize, m: usize) -> bool {
+    row < m - m % 4
+}
+
+/// Products of at least this many rows take llama.cpp's tiled path for Q6_K (one f32
+/// product per superblock instead of `vec_dot`'s 8 lanes).
+const Q6K_TILED_ROWS: usize = 8;
+
+/// Q4_K and Q6_K products in llama.cpp's order, portable code (the AVX2 kernels in
+/// [`avx2`] compute the same numbers faster).
+///
+/// llama.cpp does not use one order for these types. Observed on its own tensors
+/// (llama-cpp-python 0.3.36, x86 with AVX2/AVX-512; `scripts/diag/llamacpp_tensors.py`)
+/// and reproduced bit for bit:
+///
+/// * **Q4_K** weights are "repacked" at load time (8 rows interleaved; its CPU_REPACK
+///   buffer, on by default). Every output then accumulates two f32 sums with FMA, one of
+///   `scale·q·a` and one of `min·Σa` (the block minimum's share), each integer part exact,
+///   multiplied by `d_w·d_a` and `dmin_w·d_a`, and subtracts them at the end. A row that
+///   is part of a group of four activation rows (the first `m - m % 4` of `m`) adds one
+///   integer per 64 values (two sub-blocks of 32); a lone row (a decoded token, or the
+///   last `m % 4` rows of a prompt) one per superblock of 256.
+/// * **Q6_K** is not repacked on x86. Fewer than [`Q6K_TILED_ROWS`] rows (a decoded
+///   token) go through ggml's AVX2 `vec_dot`: 8 lanes of exact integer sums per
+///   superblock (lane `l` holds the products of values `4l..4l+4` of each 32, with the
+///   `-32` offset of the 6-bit codes taken off as `32·scale·Σa` of sub-blocks `2l` and
+///   `2l+1`), fused into 8 f32 accumulators with `d_w·d_a`, then ggml's horizontal sum.
+///   Longer products (a prompt) take its tiled kernel: one exact integer per superblock,
+///   `(Σ as f32) · d_w`, fused into one accumulator with `d_a`.
+mod kquant {
+    use super::{q4k_grouped, q8k_row, Q6K_TILED_ROWS, Q8K, QK_K};
+    use half::f16;
+
+    /// Bytes of one Q4_K block: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and
+    /// minimums, 128 bytes of nibbles.
+    pub(super) const Q4K_BYTES: usize = 144;
+    /// Bytes of one Q6_K block: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16
+    /// signed scales, f16 `d`.
+    pub(super) const Q6K_BYTES: usize = 210;
+
+    pub(super) fn f16_le(b: &[u8]) -> f32 {
+        f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+    }
+
+    /// The scales and minimums of a Q4_K block's eight sub-blocks of 32, unpacked from
+    /// its 12 bytes (6 bits each: the first four in the low bits of bytes 0..8, the last
+    /// four split between bytes 8..12 and the top bits of bytes 0..8).
+    pub(super) fn q4k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+        let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+        for j in 0..4 {
+            sc[j] = s[j] & 63;
+            mn[j] = s[j + 4] & 63;
+            sc[j + 4] = (s[j + 8] & 15) | ((s[j] >> 6) << 4);
+            mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+        }
+        (sc, mn)
+    }
+
+    /// `Σ min·(Σa)` over the two sub-blocks of each 64 values (Q8_K keeps sums of 16).
+    pub(super) fn q4k_min_sums(mn: &[u8; 8], y: &Q8K) -> [i32; 4] {
+        let mut out = [0i32; 4];
+        for (p, o) in out.iter_mut().enumerate() {
+            for (j, &m) in mn.iter().enumerate().skip(2 * p).take(2) {
+                let bsum = y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32;
+                *o += m as i32 * bsum;
+            }
+        }
+        out
+    }
+
+    /// Adds one superblock's integer sums (per 64 values: `Σ scale·q·a`, `Σ min·Σa`)
+    /// to the two accumulators, per 64 values for grouped rows, at once otherwise.
+    #[inline(always)]
+    pub(super) fn q4k_accumulate(
+        sums: [i32; 4],
+        mins: [i32; 4],
+        d: f32,
+        dmin: f32,
+        grouped: bool,
+        acc: &mut f32,
+        accm: &mut f32,
+    ) {
+        if grouped {
+            for (s, m) in sums.into_iter().zip(mins) {
+                *acc = (s as f32).mul_add(d, *acc);
+                *accm = (m as f32).mul_add(dmin, *accm);
+            }
+        } else {
+            let s: i32 = sums.iter().sum();
+            let m: i32 = mins.iter().sum();
+            *acc = (s as f32).mul_add(d, *acc);
+            *accm = (m as f32).mul_add(dmin, *accm);
+        }
+    }
+
+    pub(super) fn rows_q4k(w: &[u8], kb: usize, acts: &super::Acts, row: usize, out: &mut [f32]) {
+        let (a, m) = q8k_row(acts, row, kb);
+        let grouped = q4k_grouped(row, m);
+        for (o, wr) in out.iter_mut().zip(w.chunks_exact(kb * Q4K_BYTES)) {
+            let (mut acc, mut accm) = (0f32, 0f32);
+            for (x, y) in wr.chunks_exact(Q4K_BYTES).zip(a) {
+                let (sc, mn) = q4k_scales_mins(&x[4..16]);
+                let mut sums = [0i32; 4];
+                for (p, s) in sums.iter_mut().enumerate() {
+                    let qs = &x[16 + 32 * p..16 + 32 * p + 32];
+                    let (lo, hi) = (&y.qs[64 * p..64 * p + 32], &y.qs[64 * p + 32..64 * p + 64]);
+                    let (mut dl, mut dh) = (0i32, 0i32);
+                    for ((&q, &a), &b) in qs.iter().zip(lo).zip(hi) {
+                        dl += (q & 15) as i32 * a as i32;
+                        dh += (q >> 4) as i32 * b as i32;
+                    }
+                    *s = sc[2 * p] as i32 * dl + sc[2 * p + 1] as i32 * dh;
+                }
+                let mins = q4k_min_sums(&mn, y);
+                let d = f16_le(&x[0..2]) * y.d;
+                let dmin = f16_le(&x[2..4]) * y.d;
+                q4k_accumulate(sums, mins, d, dmin, grouped, &mut acc, &mut accm);
+            }
+            *o = acc - accm;
+        }
+    }
+
+    /// The unsigned 6-bit code (0..64, the value plus 32) of value `e` of a Q6_K block:
+    /// each half of 128 values keeps its low nibbles in 64 bytes (values `t` and `t + 64`
+    /// share a byte, as do `t + 32` and `t + 96`) and its high bits in 32 bytes, two bits
+    /// per value.
+    pub(super) fn q6k_code(x: &[u8], e: usize) -> i32 {
+        let (h, r) = (e / 128, e % 128);
+        let (c, t) = (r / 32, r % 32);
+        let l = x[64 * h + 32 * (c & 1) + t];
+        let low = if c < 2 { l & 15 } else { l >> 4 };
+        let high = (x[128 + 32 * h + t] >> (2 * c)) & 3;
+        (low | (high << 4)) as i32
+    }
+
+    /// ggml's horizontal sum of 8 lanes: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
+    pub(super) fn hsum8(l: [f32; 8]) -> f32 {
+        ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+    }
+
+    /// `vec_dot`'s 8 integer lanes of one Q6_K block with one Q8_K block.
+    pub(super) fn q6k_lanes(x: &[u8], y: &Q8K) -> [i32; 8] {
+        let sc = |i: usize| x[192 + i] as i8 as i32;
+        let mut lanes = [0i32; 8];
+        for e in 0..QK_K {
+            lanes[(e % 32) / 4] += sc(e / 16) * q6k_code(x, e) * y.qs[e] as i32;
+        }
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            let (s0, s1) = (y.bsums[2 * l] as i32, y.bsums[2 * l + 1] as i32);
+            *lane -= 32 * (sc(2 * l) * s0 + sc(2 * l + 1) * s1);
+        }
+        lanes
+    }
+
+    pub(super) fn rows_q6k(w: &[u8], kb: usize, acts: &super::Acts, row: usize, out: &mut [f32]) {
+        let (a, m) = q8k_row(acts, row, kb);
+        for (o, wr) in out.iter_mut().zip(w.chunks_exact(kb * Q6K_BYTES)) {
+            let blocks = wr.chunks_exact(Q6K_BYTES).zip(a);
+            *o = if m >= Q6K_TILED_ROWS {
+                let mut acc = 0f32;
+                for (x, y) in blocks {
+                    let s: i32 = q6k_lanes(x, y).iter().sum();
+                    acc = (s as f32 * f16_le(&x[208..210])).mul_add(y.d, acc);
+                }
+                acc
+            } else {
+                let mut acc = [0f32; 8];
+                for (x, y) in blocks {
+                    let d = y.d * f16_le(&x[208..210]);
+                    for (s, l) in acc.iter_mut().zip(q6k_lanes(x, y)) {
+                        *s = (l as f32).mul_add(d, *s);
+                    }
+                }
+                hsum8(acc)
+            };
+        }
+    }
 }
 
 /// ggml's AVX2 dot products (`ggml-cpu/arch/x86/quants.c`), each summed in ggml's order:
@@ -314,7 +511,8 @@ fn kernel(dtype: GgmlDType) -> Option<RowsKernel> {
 /// hardware prefetcher that one sequential stream keeps busy.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Acts, Q8_0, Q8_1};
+    use super::kquant::{q4k_accumulate, q4k_min_sums, q4k_scales_mins, Q4K_BYTES, Q6K_BYTES};
+    use super::{q4k_grouped, q8k_row, Acts, Q6K_TILED_ROWS, Q8K, Q8_0, Q8_1};
     use std::arch::x86_64::*;
 
     pub(super) fn available() -> bool {
@@ -471,6 +669,146 @@ mod avx2 {
             acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc);
         }
         hsum_float_8(acc) + summs
+    }
+
+    /// The 8 i32 lanes of `x` summed (exact; the order does not matter).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum_i32_8(x: __m256i) -> i32 {
+        let r = _mm_add_epi32(_mm256_extracti128_si256(x, 1), _mm256_castsi256_si128(x));
+        let r = _mm_add_epi32(r, _mm_unpackhi_epi64(r, r));
+        let r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0b01));
+        _mm_cvtsi128_si32(r)
+    }
+
+    /// Q4_K weights · Q8_K in llama.cpp's order (see [`super::kquant`]).
+    pub(super) fn rows_q4k(w: &[u8], kb: usize, acts: &Acts, row: usize, out: &mut [f32]) {
+        let (a, m) = q8k_row(acts, row, kb);
+        let grouped = q4k_grouped(row, m);
+        for (o, wr) in out.iter_mut().zip(w.chunks_exact(kb * Q4K_BYTES)) {
+            // SAFETY: `available()` chose this kernel; `wr` holds `kb` blocks, as does `a`.
+            *o = unsafe { q4k_row(wr.as_ptr(), a, grouped) };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4k_row(w: *const u8, a: &[Q8K], grouped: bool) -> f32 {
+        let m4 = _mm256_set1_epi8(15);
+        let (mut acc, mut accm) = (0f32, 0f32);
+        for (b, y) in a.iter().enumerate() {
+            let x = w.add(b * Q4K_BYTES);
+            let (sc, mn) = q4k_scales_mins(std::slice::from_raw_parts(x.add(4), 12));
+            let mut sums = [0i32; 4];
+            for (p, s) in sums.iter_mut().enumerate() {
+                // 32 bytes: low nibbles are sub-block 2p, high nibbles sub-block 2p + 1.
+                let bits = _mm256_loadu_si256(x.add(16 + 32 * p) as *const __m256i);
+                let lo = _mm256_and_si256(bits, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                let ya = _mm256_loadu_si256(y.qs.as_ptr().add(64 * p) as *const __m256i);
+                let yb = _mm256_loadu_si256(y.qs.as_ptr().add(64 * p + 32) as *const __m256i);
+                // Pairs of products fit i16 (2·15·127), scaled pairs i32: exact.
+                let pl = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(lo, ya),
+                    _mm256_set1_epi16(sc[2 * p] as i16),
+                );
+                let ph = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(hi, yb),
+                    _mm256_set1_epi16(sc[2 * p + 1] as i16),
+                );
+                *s = hsum_i32_8(_mm256_add_epi32(pl, ph));
+            }
+            let mins = q4k_min_sums(&mn, y);
+            let d = f16_at(x) * y.d;
+            let dmin = f16_at(x.add(2)) * y.d;
+            q4k_accumulate(sums, mins, d, dmin, grouped, &mut acc, &mut accm);
+        }
+        acc - accm
+    }
+
+    /// Q6_K weights · Q8_K in llama.cpp's order for `m` rows (see [`super::kquant`]).
+    pub(super) fn rows_q6k(w: &[u8], kb: usize, acts: &Acts, row: usize, out: &mut [f32]) {
+        let (a, m) = q8k_row(acts, row, kb);
+        let tiled = m >= Q6K_TILED_ROWS;
+        for (o, wr) in out.iter_mut().zip(w.chunks_exact(kb * Q6K_BYTES)) {
+            // SAFETY: as in `rows_q4k`.
+            *o = unsafe {
+                if tiled {
+                    q6k_row_tiled(wr.as_ptr(), a)
+                } else {
+                    q6k_row(wr.as_ptr(), a)
+                }
+            };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6k_row(w: *const u8, a: &[Q8K]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for (b, y) in a.iter().enumerate() {
+            let x = w.add(b * Q6K_BYTES);
+            let d = _mm256_set1_ps(y.d * f16_at(x.add(208)));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q6k_lanes(x, y)), acc);
+        }
+        hsum_float_8(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6k_row_tiled(w: *const u8, a: &[Q8K]) -> f32 {
+        let mut acc = 0f32;
+        for (b, y) in a.iter().enumerate() {
+            let x = w.add(b * Q6K_BYTES);
+            let s = hsum_i32_8(q6k_lanes(x, y)) as f32;
+            acc = (s * f16_at(x.add(208))).mul_add(y.d, acc);
+        }
+        acc
+    }
+
+    /// `vec_dot`'s 8 exact integer lanes of one Q6_K block (at `x`) with `y`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6k_lanes(x: *const u8, y: &Q8K) -> __m256i {
+        let m4 = _mm256_set1_epi8(15);
+        let m2 = _mm256_set1_epi8(3);
+        {
+            let sc = x.add(192) as *const i8;
+            let mut sumi = _mm256_setzero_si256();
+            for h in 0..2 {
+                let l0 = _mm256_loadu_si256(x.add(64 * h) as *const __m256i);
+                let l1 = _mm256_loadu_si256(x.add(64 * h + 32) as *const __m256i);
+                let hb = _mm256_loadu_si256(x.add(128 + 32 * h) as *const __m256i);
+                // Bits 4-5 of the codes of the four runs (no carry crosses a byte).
+                let h0 = _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4);
+                let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4);
+                let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4);
+                let h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4);
+                // The four runs of 32 values of this half, as unsigned codes 0..64.
+                let codes = [
+                    _mm256_or_si256(_mm256_and_si256(l0, m4), h0),
+                    _mm256_or_si256(_mm256_and_si256(l1, m4), h1),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3),
+                ];
+                for (c, q) in codes.into_iter().enumerate() {
+                    let run = 4 * h + c;
+                    let qy = _mm256_loadu_si256(y.qs.as_ptr().add(32 * run) as *const __m256i);
+                    // i32 lane l takes values 4l..4l+4 of the run: the first four lanes
+                    // are sub-block 2·run, the last four 2·run + 1.
+                    let scale = _mm256_set_m128i(
+                        _mm_set1_epi16(*sc.add(2 * run + 1) as i16),
+                        _mm_set1_epi16(*sc.add(2 * run) as i16),
+                    );
+                    sumi = _mm256_add_epi32(
+                        sumi,
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(q, qy), scale),
+                    );
+                }
+            }
+            // The codes' +32: lane l gives back 32·(scale·Σa) of sub-blocks 2l, 2l + 1.
+            let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+            let bsums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+            let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales), 5);
+            _mm256_sub_epi32(sumi, offset)
+        }
     }
 }
 
@@ -735,6 +1073,131 @@ mod tests {
                 for (j, wr) in data.chunks_exact(row_bytes).enumerate() {
                     let want = ggml_order_dot(dtype, wr, xr);
                     assert_eq!(ours[i][j].to_bits(), want.to_bits(), "{dtype:?} [{i}, {j}]");
+                }
+            }
+        }
+    }
+
+    /// A K-quant block's per-value integers read from the raw GGUF layout, one value at a
+    /// time: (scale of the value's sub-block, minimum of it (Q4_K) or 0, its code: the
+    /// 4-bit value (Q4_K) or the 6-bit value plus 32 (Q6_K)), and `d`, `dmin`.
+    fn k_block_values(dtype: GgmlDType, b: &[u8]) -> (Vec<(i32, i32, i32)>, f32, f32) {
+        let h = |o: usize| f16::from_bits(u16::from_le_bytes([b[o], b[o + 1]])).to_f32();
+        let mut vals = Vec::with_capacity(QK_K);
+        match dtype {
+            GgmlDType::Q4K => {
+                let s = &b[4..16];
+                for e in 0..QK_K {
+                    let j = e / 32;
+                    // 6-bit scale and min of sub-block j: low 6 bits of bytes j, j + 4
+                    // for j < 4; else 4 bits of byte j + 4 plus the top 2 bits of j - 4, j.
+                    let (sc, mn) = if j < 4 {
+                        (s[j] & 63, s[j + 4] & 63)
+                    } else {
+                        (
+                            (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4),
+                            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+                        )
+                    };
+                    let byte = b[16 + 32 * (e / 64) + e % 32];
+                    let q = if e % 64 < 32 { byte & 15 } else { byte >> 4 };
+                    vals.push((sc as i32, mn as i32, q as i32));
+                }
+                (vals, h(0), h(2))
+            }
+            GgmlDType::Q6K => {
+                for e in 0..QK_K {
+                    let (half, r) = (e / 128, e % 128);
+                    let l = b[64 * half + r % 64];
+                    let low = if r < 64 { l & 15 } else { l >> 4 };
+                    let high = (b[128 + 32 * half + r % 32] >> (2 * (r / 32))) & 3;
+                    let sc = b[192 + e / 16] as i8 as i32;
+                    vals.push((sc, 0, (low | (high << 4)) as i32));
+                }
+                (vals, h(208), 0.0)
+            }
+            other => unreachable!("{other:?}"),
+        }
+    }
+
+    /// llama.cpp's Q4_K / Q6_K dot product of one weight row with activation row `i` of
+    /// `m`, written out value by value (see `kquant` for the orders).
+    fn ggml_k_dot(dtype: GgmlDType, w: &[u8], x: &[f32], i: usize, m: usize) -> f32 {
+        let bytes = dtype.type_size();
+        let (mut acc, mut accm, mut lanes8) = (0f32, 0f32, [0f32; 8]);
+        for (wb, xb) in w.chunks_exact(bytes).zip(x.chunks_exact(QK_K)) {
+            let (vals, d, dmin) = k_block_values(dtype, wb);
+            let a = &quantize_q8k(xb)[0];
+            let aq = |e: usize| a.qs[e] as i32;
+            if dtype == GgmlDType::Q4K {
+                // Per 64 values for rows in a group of four, per 256 otherwise.
+                let span = if i < m - m % 4 { 64 } else { QK_K };
+                for g in (0..QK_K).step_by(span) {
+                    let sum: i32 = (g..g + span).map(|e| vals[e].0 * vals[e].2 * aq(e)).sum();
+                    let mins: i32 = (g..g + span).map(|e| vals[e].1 * aq(e)).sum();
+                    acc = (sum as f32).mul_add(d * a.d, acc);
+                    accm = (mins as f32).mul_add(dmin * a.d, accm);
+                }
+            } else if m >= 8 {
+                let sum: i32 = (0..QK_K)
+                    .map(|e| vals[e].0 * (vals[e].2 - 32) * aq(e))
+                    .sum();
+                acc = (sum as f32 * d).mul_add(a.d, acc);
+            } else {
+                for (l, lane) in lanes8.iter_mut().enumerate() {
+                    let mut s = 0i32;
+                    for e in (0..QK_K).filter(|e| (e % 32) / 4 == l) {
+                        s += vals[e].0 * vals[e].2 * aq(e);
+                    }
+                    // The codes' +32, taken off per pair of sub-blocks of 16.
+                    for sub in [2 * l, 2 * l + 1] {
+                        let asum: i32 = (16 * sub..16 * sub + 16).map(aq).sum();
+                        s -= 32 * vals[16 * sub].0 * asum;
+                    }
+                    *lane = (s as f32).mul_add(a.d * d, *lane);
+                }
+            }
+        }
+        match dtype {
+            GgmlDType::Q4K => acc - accm,
+            _ if m >= 8 => acc,
+            _ => {
+                let l = lanes8;
+                ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+            }
+        }
+    }
+
+    #[test]
+    fn k_quant_kernels_sum_in_llama_cpp_order() {
+        let (k, n) = (512, 8);
+        let w = pattern(n * k, 7919, 1013, 506.0, 1.0);
+        let dev = Device::Cpu;
+        let wt = Tensor::from_vec(w, (n, k), &dev).unwrap();
+        // 1 row (a decoded token); 3, 5, 9 rows (lone rows after groups of four; Q6_K's
+        // tiled order from 8 rows on).
+        for m in [1, 3, 5, 9] {
+            let x = pattern(m * k, 104729, 997, 211.0, 2.3);
+            let xt = Tensor::from_vec(x.clone(), (m, k), &dev).unwrap();
+            let acts = Acts::new(ActKind::Q8K, &x);
+            for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+                let q = QTensor::quantize(&wt, dtype).unwrap();
+                let data = q.data().unwrap();
+                let row_bytes = data.len() / n;
+                let ours = forward(&q, &xt).unwrap().unwrap().to_vec2::<f32>().unwrap();
+                let portable = match dtype {
+                    GgmlDType::Q4K => kquant::rows_q4k,
+                    _ => kquant::rows_q6k,
+                };
+                for (i, xr) in x.chunks_exact(k).enumerate() {
+                    let mut port = vec![0f32; n];
+                    portable(&data, k / QK_K, &acts, i, &mut port);
+                    for (j, wr) in data.chunks_exact(row_bytes).enumerate() {
+                        let want = ggml_k_dot(dtype, wr, xr, i, m);
+                        let at = format!("{dtype:?} m {m} [{i}, {j}]");
+                        assert_eq!(ours[i][j].to_bits(), want.to_bits(), "{at}");
+                        assert_eq!(port[j].to_bits(), want.to_bits(), "portable {at}");
+                    }
                 }
             }
         }

@@ -115,6 +115,10 @@ impl LlamaModel {
                 // shows; adapters (Hugging Face order) need the same permutation.
                 attn.set_llama_permuted_qk();
             }
+            if mode == WeightMode::Quantized {
+                // Quantized weights compute as llama.cpp does (see `ggml_matmul`).
+                attn.set_llama_cpp();
+            }
             blocks.push(Block {
                 attn_norm: norm("attn_norm")?,
                 attn,
@@ -132,13 +136,16 @@ impl LlamaModel {
         } else {
             None
         };
-        let rope = Rope::new(
+        let mut rope = Rope::new(
             cfg.rope_theta,
             cfg.rope_dim,
             freq_factors.as_deref(),
             cfg.rope_linear,
             cfg.interleaved_rope,
         )?;
+        if mode == WeightMode::Quantized {
+            rope = rope.llama_cpp();
+        }
         let head = OutputHead::load(g, cfg.dims.vocab, h, mode, device)?;
         Ok(LlamaModel {
             cfg,
