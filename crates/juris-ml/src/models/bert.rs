@@ -820,6 +820,12 @@ fn bias_act(m: &[f32], bias: &[f32], act: Activation) -> Vec<f32> {
 /// of the feed-forward input.
 fn bias_act_in_place(m: &mut [f32], bias: &[f32], act: Activation) {
     #[cfg(target_arch = "x86_64")]
+    if act == Activation::GeluErf && gemm_cpu::supported() {
+        // SAFETY: `gemm_cpu::supported` checked AVX-512F; `m` holds whole rows.
+        unsafe { crate::nn::bias_gelu_erf_avx512(m, bias) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
         unsafe { bias_act_avx2(m, bias, act) };
@@ -1281,10 +1287,13 @@ impl BertEncoder {
         max_len: usize,
     ) -> Result<(Vec<u32>, Vec<usize>, usize)> {
         let limit = max_len.clamp(2, self.parts.max_len.max(2));
-        let mut seqs = Vec::with_capacity(texts.len());
-        for t in texts {
-            seqs.push(self.ids(t, role, Some(limit))?);
-        }
+        // Texts are tokenized in parallel on rayon's pool: serial, the tokenizer left the
+        // other threads idle between forward passes.
+        use rayon::prelude::*;
+        let seqs: Vec<Vec<u32>> = texts
+            .par_iter()
+            .map(|t| self.ids(t, role, Some(limit)))
+            .collect::<Result<_>>()?;
         let seq = seqs.iter().map(Vec::len).max().unwrap_or(1).max(1);
         let mut ids = vec![self.parts.pad_id; texts.len() * seq];
         for (row, s) in seqs.iter().enumerate() {
