@@ -439,15 +439,31 @@ impl BertModel {
     /// On the CPU the states of padding positions are unspecified (they are never pooled);
     /// elsewhere they are those of the reference computation.
     pub fn forward(&self, ids: &[u32], lens: &[usize], seq: usize) -> Result<Tensor> {
-        if self.layers.iter().all(|l| l.fast.is_some()) {
-            return self.forward_cpu(ids, lens, seq);
+        if self.has_cpu_path() {
+            let out = self.forward_cpu(ids, lens, seq)?;
+            let h = self.config.hidden_size;
+            return Ok(Tensor::from_vec(out, (lens.len(), seq, h), &self.device)?);
         }
         self.forward_reference(ids, lens, seq)
     }
 
+    /// [`BertModel::forward`]'s states as a flat `Vec` (`[batch * seq * hidden]`), without
+    /// the tensor round trip on the CPU path (two serial copies of every state per batch).
+    pub fn forward_vec(&self, ids: &[u32], lens: &[usize], seq: usize) -> Result<Vec<f32>> {
+        if self.has_cpu_path() {
+            return self.forward_cpu(ids, lens, seq);
+        }
+        let hidden = self.forward_reference(ids, lens, seq)?;
+        Ok(hidden.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+    }
+
+    fn has_cpu_path(&self) -> bool {
+        self.layers.iter().all(|l| l.fast.is_some())
+    }
+
     /// The CPU path: groups of whole texts of at most [`CPU_TOKENS_PER_PASS`] tokens, fused
     /// kernels around candle's gemm, attention over real tokens only.
-    fn forward_cpu(&self, ids: &[u32], lens: &[usize], seq: usize) -> Result<Tensor> {
+    fn forward_cpu(&self, ids: &[u32], lens: &[usize], seq: usize) -> Result<Vec<f32>> {
         let b = lens.len();
         let h = self.config.hidden_size;
         let mut out = vec![0f32; b * seq * h];
@@ -478,7 +494,7 @@ impl BertModel {
             }
             start = end;
         }
-        Ok(Tensor::from_vec(out, (b, seq, h), &self.device)?)
+        Ok(out)
     }
 
     /// Final states `[b * seq * h]` of one group on the CPU.
@@ -1311,8 +1327,7 @@ impl BertEncoder {
             return Ok(Vec::new());
         }
         let (ids, lens, seq) = self.batch_ids(texts, role, self.parts.max_len)?;
-        let hidden = self.model.forward(&ids, &lens, seq)?;
-        let hidden: Vec<f32> = hidden.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let hidden = self.model.forward_vec(&ids, &lens, seq)?;
         let mut out = vec![0f32; texts.len() * dim];
         for (row, &len) in lens.iter().enumerate() {
             let rows = &hidden[row * seq * dim..(row + 1) * seq * dim];
