@@ -101,6 +101,18 @@ fn read_corpus(path: &str, limit: usize) -> Result<Vec<String>, String> {
     Ok(texts)
 }
 
+/// CPU seconds this process has used (user + system, all threads), from /proc/self/stat;
+/// `None` off Linux. On a shared machine a run's CPU time moves much less with other load
+/// than its wall time.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesized command name: utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
@@ -170,11 +182,16 @@ fn run() -> Result<(), String> {
     enc.encode(&by_len, role).map_err(|e| e.to_string())?;
 
     let mut secs = Vec::with_capacity(a.runs);
+    let mut cpu = Vec::with_capacity(a.runs);
     for _ in 0..a.runs {
+        let c0 = cpu_seconds();
         let t0 = Instant::now();
         let v = encode_batched(enc.as_ref(), &refs, role, a.batch, &mut |_| {})
             .map_err(|e| e.to_string())?;
         secs.push(t0.elapsed().as_secs_f64());
+        if let (Some(c0), Some(c1)) = (c0, cpu_seconds()) {
+            cpu.push(c1 - c0);
+        }
         std::hint::black_box(v);
     }
     let s = median(&secs);
@@ -186,6 +203,7 @@ fn run() -> Result<(), String> {
         "texts_per_s": texts.len() as f64 / s,
         "tokens_per_s": tokens as f64 / s,
         "runs": secs,
+        "cpu_seconds": cpu,
         "threads": a.threads,
         "batch": a.batch,
         "max_len": a.max_len,

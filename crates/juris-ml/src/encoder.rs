@@ -78,10 +78,14 @@ pub fn encode_batched(
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<f32>> {
     let dim = encoder.dim();
-    let mut order: Vec<(usize, usize)> = Vec::with_capacity(texts.len());
-    for (i, t) in texts.iter().enumerate() {
-        order.push((encoder.token_count(t, role)?, i));
-    }
+    // Tokenizing is serial work outside the model's parallel kernels; on rayon's pool it
+    // does not hold the other threads back.
+    use rayon::prelude::*;
+    let mut order: Vec<(usize, usize)> = texts
+        .par_iter()
+        .enumerate()
+        .map(|(i, t)| Ok((encoder.token_count(t, role)?, i)))
+        .collect::<Result<_>>()?;
     // Longest first: the first batch shows the worst-case memory at once.
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut out = vec![0f32; texts.len() * dim];

@@ -429,6 +429,79 @@ pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// `m[i] = gelu_erf(m[i] + bias[i % bias.len()])` over whole rows, 16 lanes at a time with
+/// AVX-512F: [`gelu_erf`]'s formulas with the reciprocal as `rcp14` plus one Newton step (no
+/// division) and `2^n` applied by `scalef` (no clamping). The generic loop of the AVX2 build
+/// was 6 % of encoding time, a tenth of the matmul that feeds it.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `m.len()` a multiple of `bias.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn bias_gelu_erf_avx512(m: &mut [f32], bias: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = bias.len();
+    assert!(n > 0 && m.len().is_multiple_of(n));
+    let full = n / 16 * 16;
+    let tail: __mmask16 = ((1u32 << (n - full)) - 1) as u16;
+    let one = _mm512_set1_ps(1.0);
+    let gelu = |x: __m512| -> __m512 {
+        // z = |x| / √2; erf(z) = 1 − t·poly(t)·e^{−z²}, t = 1 / (1 + p·z).
+        let z = _mm512_mul_ps(
+            _mm512_abs_ps(x),
+            _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
+        );
+        let d = _mm512_fmadd_ps(_mm512_set1_ps(0.327_591_1), z, one);
+        let r0 = _mm512_rcp14_ps(d);
+        let t = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.0)));
+        let mut poly = _mm512_set1_ps(1.061_405_4);
+        for c in [-1.453_152_1, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
+            poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(c));
+        }
+        poly = _mm512_mul_ps(poly, t);
+        // e^{−z²} = 2^k · q(r), k = round(−z² log2 e), r = −z² − k ln 2.
+        let w = _mm512_mul_ps(_mm512_mul_ps(z, z), _mm512_set1_ps(-1.0));
+        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(w, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_145_75), w);
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428_606_8e-6), r);
+        let mut q = _mm512_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(c));
+        }
+        let e = _mm512_scalef_ps(q, k);
+        let erf_abs = _mm512_fnmadd_ps(poly, e, one);
+        // erf takes x's sign; gelu = x/2 · (1 + erf).
+        let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
+        let erf = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(erf_abs), sign));
+        _mm512_mul_ps(
+            _mm512_mul_ps(_mm512_set1_ps(0.5), x),
+            _mm512_add_ps(one, erf),
+        )
+    };
+    for row in m.chunks_exact_mut(n) {
+        let (rp, bp) = (row.as_mut_ptr(), bias.as_ptr());
+        for j in (0..full).step_by(16) {
+            // SAFETY: j + 16 ≤ full ≤ n, the row's and the bias's length.
+            unsafe {
+                let x = _mm512_add_ps(_mm512_loadu_ps(rp.add(j)), _mm512_loadu_ps(bp.add(j)));
+                _mm512_storeu_ps(rp.add(j), gelu(x));
+            }
+        }
+        if full < n {
+            // SAFETY: the mask covers the n − full values left.
+            unsafe {
+                let x = _mm512_add_ps(
+                    _mm512_maskz_loadu_ps(tail, rp.add(full)),
+                    _mm512_maskz_loadu_ps(tail, bp.add(full)),
+                );
+                _mm512_mask_storeu_ps(rp.add(full), tail, gelu(x));
+            }
+        }
+    }
+}
+
 /// One row of LayerNorm: `out = (v - mean) / sqrt(var + eps) * w + b`, two-pass variance as
 /// candle computes it.
 #[inline]
@@ -452,5 +525,38 @@ pub fn has_avx2_fma() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avx512_bias_gelu_matches_scalar() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU has no AVX-512F");
+            return;
+        }
+        // Widths around the 16-lane step (masked tails), values across GELU's range
+        // (deep negative: exp underflow; large positive: identity).
+        for &n in &[1usize, 15, 16, 17, 37, 384] {
+            let rows = 3;
+            let bias: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 0.5).collect();
+            let m: Vec<f32> = (0..rows * n)
+                .map(|i| ((i as f32 * 0.731).sin() * 12.0) - 1.0)
+                .collect();
+            let mut got = m.clone();
+            // SAFETY: AVX-512F checked above; the length is rows · n.
+            unsafe { bias_gelu_erf_avx512(&mut got, &bias) };
+            for (i, (&g, &x)) in got.iter().zip(&m).enumerate() {
+                let want = gelu_erf(x + bias[i % n]);
+                assert!(
+                    (g - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "n {n} at {i}: x {} gives {g}, scalar {want}",
+                    x + bias[i % n]
+                );
+            }
+        }
     }
 }

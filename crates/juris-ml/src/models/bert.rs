@@ -17,9 +17,11 @@ use sha2::{Digest, Sha256};
 use crate::encoder::{Encoder, EncoderOptions, TextRole};
 use crate::error::{MlError, Result};
 use crate::lora::{LoraAdapter, LoraTrain};
+use crate::models::attention_cpu;
+use crate::models::gemm_cpu::{self, PackedMatrix};
 use crate::nn::{
-    device_for, fast_exp, gelu_erf, has_avx2_fma, lanes_reduce, layer_norm_row, with_f32,
-    Activation, Embedding, LayerNorm, Linear, Weights,
+    device_for, fast_exp, gelu_erf, has_avx2_fma, lanes_reduce, with_f32, Activation, Embedding,
+    LayerNorm, Linear, Weights,
 };
 use crate::tokenize::{HfTokenizer, TextTokenizer};
 use crate::{grad_checkpoint, train_ops};
@@ -160,18 +162,35 @@ impl Layer {
 
 /// A layer's weights as the fused CPU kernels read them.
 struct FastLayer {
-    /// `[h, 3h]`-shaped view (`W_qkv^T`) of the stacked q, k, v weights.
-    qkv_t: Tensor,
+    /// The four matrices, for whichever matmul this CPU runs.
+    mats: FastMatmuls,
     qkv_b: Vec<f32>,
-    ao_t: Tensor,
     ao_b: Vec<f32>,
     attn_ln: (Vec<f32>, Vec<f32>),
-    fi_t: Tensor,
     fi_b: Vec<f32>,
-    fo_t: Tensor,
     fo_b: Vec<f32>,
     out_ln: (Vec<f32>, Vec<f32>),
     eps: f32,
+}
+
+/// The CPU path's matrices: packed once for our AVX-512 matmul ([`gemm_cpu`]), or candle
+/// views for its gemm on other CPUs.
+enum FastMatmuls {
+    /// `[h, 3h]`-shaped view (`W_qkv^T`) of the stacked q, k, v weights, and the transposed
+    /// views of the other three.
+    Candle {
+        qkv_t: Tensor,
+        ao_t: Tensor,
+        fi_t: Tensor,
+        fo_t: Tensor,
+    },
+    /// q|k|v stacked, attention output, feed-forward in and out, in [`gemm_cpu`]'s panels.
+    Packed {
+        qkv: PackedMatrix,
+        ao: PackedMatrix,
+        fi: PackedMatrix,
+        fo: PackedMatrix,
+    },
 }
 
 impl FastLayer {
@@ -187,15 +206,32 @@ impl FastLayer {
         qkv_b.extend(bias(&l.k)?);
         qkv_b.extend(bias(&l.v)?);
         let qkv = Tensor::cat(&[&l.q.weight, &l.k.weight, &l.v.weight], 0)?;
+        let mats = if gemm_cpu::supported() {
+            let pack = |w: &Tensor| -> Result<PackedMatrix> {
+                let (n, k) = w.dims2()?;
+                let v = w.flatten_all()?.to_vec1::<f32>()?;
+                Ok(PackedMatrix::from_out_in(&v, n, k))
+            };
+            FastMatmuls::Packed {
+                qkv: pack(&qkv)?,
+                ao: pack(&l.attn_out.weight)?,
+                fi: pack(&l.ff_in.weight)?,
+                fo: pack(&l.ff_out.weight)?,
+            }
+        } else {
+            FastMatmuls::Candle {
+                qkv_t: qkv.t()?,
+                ao_t: l.attn_out.weight.t()?,
+                fi_t: l.ff_in.weight.t()?,
+                fo_t: l.ff_out.weight.t()?,
+            }
+        };
         Ok(FastLayer {
-            qkv_t: qkv.t()?,
+            mats,
             qkv_b,
-            ao_t: l.attn_out.weight.t()?,
             ao_b: bias(&l.attn_out)?,
             attn_ln: (vec(&l.attn_ln.weight)?, vec(&l.attn_ln.bias)?),
-            fi_t: l.ff_in.weight.t()?,
             fi_b: bias(&l.ff_in)?,
-            fo_t: l.ff_out.weight.t()?,
             fo_b: bias(&l.ff_out)?,
             out_ln: (vec(&l.out_ln.weight)?, vec(&l.out_ln.bias)?),
             eps: l.out_ln.eps,
@@ -411,15 +447,31 @@ impl BertModel {
     /// On the CPU the states of padding positions are unspecified (they are never pooled);
     /// elsewhere they are those of the reference computation.
     pub fn forward(&self, ids: &[u32], lens: &[usize], seq: usize) -> Result<Tensor> {
-        if self.layers.iter().all(|l| l.fast.is_some()) {
-            return self.forward_cpu(ids, lens, seq);
+        if self.has_cpu_path() {
+            let out = self.forward_cpu(ids, lens, seq)?;
+            let h = self.config.hidden_size;
+            return Ok(Tensor::from_vec(out, (lens.len(), seq, h), &self.device)?);
         }
         self.forward_reference(ids, lens, seq)
     }
 
+    /// [`BertModel::forward`]'s states as a flat `Vec` (`[batch * seq * hidden]`), without
+    /// the tensor round trip on the CPU path (two serial copies of every state per batch).
+    pub fn forward_vec(&self, ids: &[u32], lens: &[usize], seq: usize) -> Result<Vec<f32>> {
+        if self.has_cpu_path() {
+            return self.forward_cpu(ids, lens, seq);
+        }
+        let hidden = self.forward_reference(ids, lens, seq)?;
+        Ok(hidden.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+    }
+
+    fn has_cpu_path(&self) -> bool {
+        self.layers.iter().all(|l| l.fast.is_some())
+    }
+
     /// The CPU path: groups of whole texts of at most [`CPU_TOKENS_PER_PASS`] tokens, fused
     /// kernels around candle's gemm, attention over real tokens only.
-    fn forward_cpu(&self, ids: &[u32], lens: &[usize], seq: usize) -> Result<Tensor> {
+    fn forward_cpu(&self, ids: &[u32], lens: &[usize], seq: usize) -> Result<Vec<f32>> {
         let b = lens.len();
         let h = self.config.hidden_size;
         let mut out = vec![0f32; b * seq * h];
@@ -450,11 +502,18 @@ impl BertModel {
             }
             start = end;
         }
-        Ok(Tensor::from_vec(out, (b, seq, h), &self.device)?)
+        Ok(out)
     }
 
     /// Final states `[b * seq * h]` of one group on the CPU.
     fn forward_group(&self, ids: &[u32], lens: &[usize], seq: usize) -> Result<Vec<f32>> {
+        if let Some(Some(FastLayer {
+            mats: FastMatmuls::Packed { .. },
+            ..
+        })) = self.layers.first().map(|l| &l.fast)
+        {
+            return self.forward_group_packed(ids, lens, seq);
+        }
         let b = lens.len();
         let h = self.config.hidden_size;
         let rows = b * seq;
@@ -467,20 +526,96 @@ impl BertModel {
                     "CPU path without fused weights".into(),
                 ));
             };
-            let qkv = x.matmul(&f.qkv_t)?;
+            let FastMatmuls::Candle {
+                qkv_t,
+                ao_t,
+                fi_t,
+                fo_t,
+            } = &f.mats
+            else {
+                return Err(MlError::Unsupported(
+                    "mixed packed and candle layers".into(),
+                ));
+            };
+            let qkv = x.matmul(qkv_t)?;
             let ctx = with_f32(&qkv, |qkv| attention(qkv, &f.qkv_b, lens, seq, h, heads))?;
-            let attn = Tensor::from_vec(ctx, (rows, h), dev)?.matmul(&f.ao_t)?;
+            let attn = Tensor::from_vec(ctx, (rows, h), dev)?.matmul(ao_t)?;
             let x1 = add_norm(&x, &attn, &f.ao_b, &f.attn_ln, f.eps)?;
             let x1 = Tensor::from_vec(x1, (rows, h), dev)?;
-            let mid = x1.matmul(&f.fi_t)?;
+            let mid = x1.matmul(fi_t)?;
             let act = self.act;
             let mid = with_f32(&mid, |m| bias_act(m, &f.fi_b, act))?;
             let ff = f.fi_b.len();
-            let out = Tensor::from_vec(mid, (rows, ff), dev)?.matmul(&f.fo_t)?;
+            let out = Tensor::from_vec(mid, (rows, ff), dev)?.matmul(fo_t)?;
             let x2 = add_norm(&x1, &out, &f.fo_b, &f.out_ln, f.eps)?;
             x = Tensor::from_vec(x2, (rows, h), dev)?;
         }
         with_f32(&x, |v| v.to_vec())
+    }
+
+    /// [`BertModel::forward_group`] with [`gemm_cpu`]'s matmul on plain buffers reused
+    /// across layers: bias + GELU and bias + residual + LayerNorm run as the matmuls'
+    /// epilogues, on each chunk of rows while it is in cache.
+    fn forward_group_packed(&self, ids: &[u32], lens: &[usize], seq: usize) -> Result<Vec<f32>> {
+        let b = lens.len();
+        let h = self.config.hidden_size;
+        let rows = b * seq;
+        let heads = self.heads;
+        let act = self.act;
+        let mut x = with_f32(&self.embed(ids, b, seq)?, |v| v.to_vec())?;
+        let ff = self.config.intermediate_size;
+        let mut qkv = vec![0f32; rows * 3 * h];
+        // The tiled attention reads q, k, v head-major, written by the q|k|v epilogue.
+        let tiled = cfg!(target_arch = "x86_64") && attention_cpu::supported(h / heads);
+        let mut hm = vec![0f32; if tiled { rows * 3 * h } else { 0 }];
+        let mut ctx = vec![0f32; rows * h];
+        let mut x1 = vec![0f32; rows * h];
+        let mut mid = vec![0f32; rows * ff];
+        for layer in &self.layers {
+            let Some(FastLayer {
+                mats:
+                    FastMatmuls::Packed {
+                        qkv: wqkv,
+                        ao,
+                        fi,
+                        fo,
+                    },
+                ..
+            }) = &layer.fast
+            else {
+                return Err(MlError::Unsupported(
+                    "mixed packed and candle layers".into(),
+                ));
+            };
+            let f = layer.fast.as_ref().expect("matched above");
+            if tiled {
+                let out = SharedRows(hm.as_mut_ptr());
+                gemm_cpu::matmul(&x, rows, wqkv, &mut qkv, |r0, ys| {
+                    // SAFETY: `hm` holds 3 · rows · h floats and each matmul chunk owns its
+                    // rows `r0 ..`, so the chunks write disjoint parts of it.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        attention_cpu::scatter_heads(out.ptr(), rows, r0, ys, &f.qkv_b, h, heads)
+                    };
+                });
+                attention_heads(&mut ctx, &hm, lens, seq, h, heads);
+            } else {
+                gemm_cpu::matmul(&x, rows, wqkv, &mut qkv, |_, _| {});
+                attention_into(&mut ctx, &qkv, &f.qkv_b, lens, seq, h, heads);
+            }
+            let x_in = &x;
+            gemm_cpu::matmul(&ctx, rows, ao, &mut x1, |r0, ys| {
+                add_norm_in_place(ys, &x_in[r0 * h..], &f.ao_b, &f.attn_ln, f.eps)
+            });
+            gemm_cpu::matmul(&x1, rows, fi, &mut mid, |_, ys| {
+                bias_act_in_place(ys, &f.fi_b, act)
+            });
+            let x1_in = &x1;
+            gemm_cpu::matmul(&mid, rows, fo, &mut x, |r0, ys| {
+                add_norm_in_place(ys, &x1_in[r0 * h..], &f.fo_b, &f.out_ln, f.eps)
+            });
+        }
+        Ok(x)
     }
 
     /// Normalized input embeddings `[b, seq, h]` of `b` rows of `seq` ids.
@@ -616,7 +751,7 @@ impl grad_checkpoint::BlockPass for BertTrainPass<'_> {
     }
 }
 
-/// `LayerNorm(residual + y + bias)` row by row, in one pass over fresh memory.
+/// `LayerNorm(residual + y + bias)` row by row, into fresh memory.
 fn add_norm(
     residual: &Tensor,
     y: &Tensor,
@@ -626,90 +761,121 @@ fn add_norm(
 ) -> Result<Vec<f32>> {
     with_f32(residual, |r| {
         with_f32(y, |y| {
-            let mut out = vec![0f32; r.len()];
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
-                // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                unsafe { add_norm_avx2(&mut out, r, y, bias, &ln.0, &ln.1, eps) };
-                return out;
-            }
-            add_norm_rows::<false>(&mut out, r, y, bias, &ln.0, &ln.1, eps);
+            let mut out = y.to_vec();
+            add_norm_in_place(&mut out, r, bias, ln, eps);
             out
         })
     })?
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn add_norm_avx2(
-    out: &mut [f32],
-    r: &[f32],
-    y: &[f32],
+/// `y = LayerNorm(residual + y + bias)` for the whole rows of `y` (width `bias.len()`);
+/// `residual` starts at `y`'s first row. The matmul epilogue of the attention output and of
+/// the feed-forward output.
+fn add_norm_in_place(
+    y: &mut [f32],
+    residual: &[f32],
     bias: &[f32],
-    w: &[f32],
-    b: &[f32],
+    ln: &(Vec<f32>, Vec<f32>),
     eps: f32,
 ) {
-    add_norm_rows::<true>(out, r, y, bias, w, b, eps)
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        unsafe { add_norm_avx2(y, residual, bias, &ln.0, &ln.1, eps) };
+        return;
+    }
+    add_norm_rows::<false>(y, residual, bias, &ln.0, &ln.1, eps);
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn add_norm_avx2(y: &mut [f32], r: &[f32], bias: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    add_norm_rows::<true>(y, r, bias, w, b, eps)
+}
+
+/// One pass adds the residual and bias and sums the row, in 8 lanes (a single float
+/// accumulator is a serial chain of adds that does not vectorize); then the variance in a
+/// second pass (two-pass, as candle computes it) and the scaling.
 #[inline(always)]
 fn add_norm_rows<const FMA: bool>(
-    out: &mut [f32],
+    y: &mut [f32],
     r: &[f32],
-    y: &[f32],
     bias: &[f32],
     w: &[f32],
     b: &[f32],
     eps: f32,
 ) {
     let h = bias.len();
-    for ((o, r), y) in out
-        .chunks_exact_mut(h)
-        .zip(r.chunks_exact(h))
-        .zip(y.chunks_exact(h))
-    {
-        for (((o, r), y), bb) in o.iter_mut().zip(r).zip(y).zip(bias) {
-            *o = r + y + bb;
+    let n = h as f32;
+    for (o, r) in y.chunks_exact_mut(h).zip(r.chunks_exact(h)) {
+        for ((o, r), bb) in o.iter_mut().zip(r).zip(bias) {
+            *o += r + bb;
         }
-        layer_norm_row(o, w, b, eps);
+        let mean = lanes_reduce(o, 0.0, |a, v| a + v) / n;
+        let mut sq = [0f32; 8];
+        let mut chunks = o.chunks_exact(8);
+        for c in &mut chunks {
+            for (s, v) in sq.iter_mut().zip(c) {
+                let d = v - mean;
+                *s += d * d;
+            }
+        }
+        let tail: f32 = chunks
+            .remainder()
+            .iter()
+            .map(|v| (v - mean) * (v - mean))
+            .sum();
+        let var = (sq.iter().sum::<f32>() + tail) / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((x, w), b) in o.iter_mut().zip(w).zip(b) {
+            *x = (*x - mean) * inv * w + b;
+        }
     }
 }
 
 /// `act(m + bias)` row by row into fresh memory.
 fn bias_act(m: &[f32], bias: &[f32], act: Activation) -> Vec<f32> {
-    let mut out = vec![0f32; m.len()];
+    let mut out = m.to_vec();
+    bias_act_in_place(&mut out, bias, act);
+    out
+}
+
+/// `m = act(m + bias)` for the whole rows of `m` (width `bias.len()`): the matmul epilogue
+/// of the feed-forward input.
+fn bias_act_in_place(m: &mut [f32], bias: &[f32], act: Activation) {
+    #[cfg(target_arch = "x86_64")]
+    if act == Activation::GeluErf && gemm_cpu::supported() {
+        // SAFETY: `gemm_cpu::supported` checked AVX-512F; `m` holds whole rows.
+        unsafe { crate::nn::bias_gelu_erf_avx512(m, bias) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { bias_act_avx2(&mut out, m, bias, act) };
-        return out;
+        unsafe { bias_act_avx2(m, bias, act) };
+        return;
     }
-    bias_act_rows::<false>(&mut out, m, bias, act);
-    out
+    bias_act_rows::<false>(m, bias, act);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn bias_act_avx2(out: &mut [f32], m: &[f32], bias: &[f32], act: Activation) {
-    bias_act_rows::<true>(out, m, bias, act)
+unsafe fn bias_act_avx2(m: &mut [f32], bias: &[f32], act: Activation) {
+    bias_act_rows::<true>(m, bias, act)
 }
 
 #[inline(always)]
-fn bias_act_rows<const FMA: bool>(out: &mut [f32], m: &[f32], bias: &[f32], act: Activation) {
-    for (o, m) in out
-        .chunks_exact_mut(bias.len())
-        .zip(m.chunks_exact(bias.len()))
-    {
+fn bias_act_rows<const FMA: bool>(m: &mut [f32], bias: &[f32], act: Activation) {
+    for o in m.chunks_exact_mut(bias.len()) {
         match act {
             Activation::GeluErf => {
-                for ((o, m), b) in o.iter_mut().zip(m).zip(bias) {
-                    *o = gelu_erf(m + b);
+                for (o, b) in o.iter_mut().zip(bias) {
+                    *o = gelu_erf(*o + b);
                 }
             }
             Activation::GeluTanh => {
-                for ((o, m), b) in o.iter_mut().zip(m).zip(bias) {
-                    let x = m + b;
+                for (o, b) in o.iter_mut().zip(bias) {
+                    let x = *o + b;
                     // tanh(u) = 1 - 2 / (e^{2u} + 1)
                     let u = 0.797_884_6 * (x + 0.044_715 * x * x * x);
                     let t = 1.0 - 2.0 / (fast_exp(2.0 * u) + 1.0);
@@ -717,8 +883,8 @@ fn bias_act_rows<const FMA: bool>(out: &mut [f32], m: &[f32], bias: &[f32], act:
                 }
             }
             Activation::Relu => {
-                for ((o, m), b) in o.iter_mut().zip(m).zip(bias) {
-                    *o = (m + b).max(0.0);
+                for (o, b) in o.iter_mut().zip(bias) {
+                    *o = (*o + b).max(0.0);
                 }
             }
         }
@@ -737,9 +903,67 @@ fn attention(
     h: usize,
     heads: usize,
 ) -> Vec<f32> {
-    use rayon::prelude::*;
     let mut ctx = vec![0f32; lens.len() * seq * h];
-    ctx.par_chunks_mut(seq * h)
+    attention_into(&mut ctx, qkv, bias, lens, seq, h, heads);
+    ctx
+}
+
+/// [`attention`] from the head-major q|k|v of [`attention_cpu::attend_text_heads`] (`hm`,
+/// biases added, q scaled) into `ctx`, whose padding rows are left as they are. Texts run in
+/// parallel on rayon's pool.
+fn attention_heads(
+    ctx: &mut [f32],
+    hm: &[f32],
+    lens: &[usize],
+    seq: usize,
+    h: usize,
+    heads: usize,
+) {
+    use rayon::prelude::*;
+    let rows = lens.len() * seq;
+    ctx[..rows * h]
+        .par_chunks_mut(seq * h)
+        .zip(lens.par_iter())
+        .enumerate()
+        .for_each(|(bi, (ctx, &len))| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller runs this only where `attention_cpu::supported` holds.
+            unsafe {
+                attention_cpu::attend_text_heads(ctx, hm, rows, bi * seq, len, h, heads)
+            };
+        });
+}
+
+/// A base pointer that rayon tasks share to write disjoint rows of one buffer (the q|k|v
+/// epilogue scatters each chunk's rows into every head's slab).
+#[derive(Clone, Copy)]
+struct SharedRows(*mut f32);
+
+// SAFETY: only used where every task writes rows no other task touches.
+unsafe impl Send for SharedRows {}
+// SAFETY: as above.
+unsafe impl Sync for SharedRows {}
+
+impl SharedRows {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// [`attention`] into `ctx` (`[b * seq, h]`), whose padding rows are left as they are.
+fn attention_into(
+    ctx: &mut [f32],
+    qkv: &[f32],
+    bias: &[f32],
+    lens: &[usize],
+    seq: usize,
+    h: usize,
+    heads: usize,
+) {
+    use rayon::prelude::*;
+    ctx[..lens.len() * seq * h]
+        .par_chunks_mut(seq * h)
         .zip(lens.par_iter())
         .enumerate()
         .for_each(|(bi, (ctx, &len))| {
@@ -750,9 +974,10 @@ fn attention(
                 unsafe { super::attention_cpu::attend_text_tiled(ctx, rows, bias, len, h, heads) };
                 return;
             }
+            // The portable kernel adds into its output.
+            ctx[..len * h].fill(0.0);
             attend_text(ctx, rows, bias, len, h, heads);
         });
-    ctx
 }
 
 /// One text's attention: `rows` are its `len` q|k|v rows, `ctx` its `[seq, h]` output. The
@@ -1086,10 +1311,13 @@ impl BertEncoder {
         max_len: usize,
     ) -> Result<(Vec<u32>, Vec<usize>, usize)> {
         let limit = max_len.clamp(2, self.parts.max_len.max(2));
-        let mut seqs = Vec::with_capacity(texts.len());
-        for t in texts {
-            seqs.push(self.ids(t, role, Some(limit))?);
-        }
+        // Texts are tokenized in parallel on rayon's pool: serial, the tokenizer left the
+        // other threads idle between forward passes.
+        use rayon::prelude::*;
+        let seqs: Vec<Vec<u32>> = texts
+            .par_iter()
+            .map(|t| self.ids(t, role, Some(limit)))
+            .collect::<Result<_>>()?;
         let seq = seqs.iter().map(Vec::len).max().unwrap_or(1).max(1);
         let mut ids = vec![self.parts.pad_id; texts.len() * seq];
         for (row, s) in seqs.iter().enumerate() {
@@ -1107,8 +1335,7 @@ impl BertEncoder {
             return Ok(Vec::new());
         }
         let (ids, lens, seq) = self.batch_ids(texts, role, self.parts.max_len)?;
-        let hidden = self.model.forward(&ids, &lens, seq)?;
-        let hidden: Vec<f32> = hidden.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let hidden = self.model.forward_vec(&ids, &lens, seq)?;
         let mut out = vec![0f32; texts.len() * dim];
         for (row, &len) in lens.iter().enumerate() {
             let rows = &hidden[row * seq * dim..(row + 1) * seq * dim];
