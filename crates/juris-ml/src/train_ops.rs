@@ -460,10 +460,10 @@ mod num_like {
 mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
     };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaStorage, DType, Layout, Shape, Storage, Tensor};
+    use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape, Storage, Tensor};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train_ops.ptx"));
     const MODULE: &str = "juris_train_ops";
@@ -474,15 +474,17 @@ mod cuda {
         Err(candle_core::Error::Msg(msg))
     }
 
-    /// `base` with the kernel suffix of `dtype` (the kernels exist for f32 and f64).
-    fn kernel(base: &str, dtype: DType) -> candle_core::Result<String> {
-        match dtype {
-            DType::F32 => Ok(format!("{base}_f32")),
-            DType::F64 => Ok(format!("{base}_f64")),
-            other => bail(format!(
-                "{base}: dtype {other:?} is not supported on CUDA (f32, f64)"
-            )),
-        }
+    /// The name of kernel `base` for `T` (the `.cu` file instantiates each for f32 and f64).
+    fn kernel<T: Float>(base: &str) -> String {
+        format!("{base}_{}", T::SUFFIX)
+    }
+
+    /// A kernel's output `y` as the op's result of `l`'s shape.
+    fn output<T: Float>(dev: &CudaDevice, y: CudaSlice<T>, l: &Layout) -> (CudaStorage, Shape) {
+        (
+            CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            l.shape().clone(),
+        )
     }
 
     /// The contiguous elements `l` describes in `s`.
@@ -497,9 +499,9 @@ mod cuda {
         }
     }
 
-    /// A frozen parameter (weight or bias) as a packed tensor of `dtype` on the op's device.
-    fn param(t: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
-        t.to_dtype(dtype)?.contiguous()
+    /// A frozen parameter (weight or bias) as a packed tensor of `T` on the op's device.
+    fn param<T: Float>(t: &Tensor) -> candle_core::Result<Tensor> {
+        t.to_dtype(T::DTYPE)?.contiguous()
     }
 
     fn rows_config(rows: usize) -> LaunchConfig {
@@ -511,16 +513,22 @@ mod cuda {
         }
     }
 
-    /// Float types the kernels take.
+    /// Float types the kernels take, with their kernel-name suffix.
     trait Float: CudaDType + DeviceRepr + Copy {
+        const SUFFIX: &'static str;
+        const DTYPE: DType;
         fn from_f64(v: f64) -> Self;
     }
     impl Float for f32 {
+        const SUFFIX: &'static str = "f32";
+        const DTYPE: DType = DType::F32;
         fn from_f64(v: f64) -> f32 {
             v as f32
         }
     }
     impl Float for f64 {
+        const SUFFIX: &'static str = "f64";
+        const DTYPE: DType = DType::F64;
         fn from_f64(v: f64) -> f64 {
             v
         }
@@ -561,8 +569,7 @@ mod cuda {
         // SAFETY: every element is written by the kernel below (n > 0) or there are none.
         let y = unsafe { dev.alloc::<T>(n.max(1)) }?;
         if n > 0 {
-            let f =
-                dev.get_or_load_custom_func(&kernel("juris_dropout", s.dtype())?, MODULE, PTX)?;
+            let f = dev.get_or_load_custom_func(&kernel::<T>("juris_dropout"), MODULE, PTX)?;
             let (n64, keep) = (n as u64, T::from_f64(1.0 / (1.0 - p)));
             let mut b = f.builder();
             b.arg(&x)
@@ -575,10 +582,7 @@ mod cuda {
             // SAFETY: argument types and order match the kernel's signature.
             unsafe { b.launch(cfg) }.w()?;
         }
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            l.shape().clone(),
-        ))
+        Ok(output(dev, y, l))
     }
 
     /// `softmax(scores · scale + mask)` over the last dimension; `mask` is a broadcast view
@@ -614,8 +618,8 @@ mod cuda {
         // SAFETY: the kernel writes every element of every row.
         let y = unsafe { dev.alloc::<T>((rows * n).max(1)) }?;
         if rows * n > 0 {
-            let name = kernel("juris_masked_softmax", s.dtype())?;
-            let f = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+            let f =
+                dev.get_or_load_custom_func(&kernel::<T>("juris_masked_softmax"), MODULE, PTX)?;
             let [rows64, n64, d1, d2, moff, s0, s1, s2, s3] = [
                 rows,
                 n,
@@ -642,10 +646,7 @@ mod cuda {
             // strides address only its own elements.
             unsafe { b.launch(rows_config(rows)) }.w()?;
         }
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            l.shape().clone(),
-        ))
+        Ok(output(dev, y, l))
     }
 
     /// LayerNorm (`b` given) or RMSNorm over the last dimension with frozen `w` (and `b`).
@@ -668,7 +669,7 @@ mod cuda {
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let dev = s.device();
         let x = view::<T>(s, l, "norm")?;
-        let w = param(w, s.dtype())?;
+        let w = param::<T>(w)?;
         let n = w.elem_count();
         if l.dims().last() != Some(&n) {
             return bail(format!("norm: weight of {n} for rows of {:?}", l.dims()));
@@ -676,7 +677,7 @@ mod cuda {
         // RMSNorm passes the weight again in the bias's place; the kernel does not read it.
         let centred = i32::from(b.is_some());
         let b = match b {
-            Some(b) => param(b, s.dtype())?,
+            Some(b) => param::<T>(b)?,
             None => w.clone(),
         };
         if b.elem_count() != n {
@@ -695,8 +696,7 @@ mod cuda {
         // SAFETY: the kernel writes every element of every row.
         let y = unsafe { dev.alloc::<T>((rows * n).max(1)) }?;
         if rows * n > 0 {
-            let name = kernel("juris_frozen_norm", s.dtype())?;
-            let f = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+            let f = dev.get_or_load_custom_func(&kernel::<T>("juris_frozen_norm"), MODULE, PTX)?;
             let (rows64, n64, eps) = (rows as u64, n as u64, T::from_f64(eps));
             let mut bld = f.builder();
             bld.arg(&x)
@@ -710,10 +710,7 @@ mod cuda {
             // SAFETY: argument types and order match the kernel's signature.
             unsafe { bld.launch(rows_config(rows)) }.w()?;
         }
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            l.shape().clone(),
-        ))
+        Ok(output(dev, y, l))
     }
 }
 

@@ -10,6 +10,7 @@ use candle_core::{DType, Var};
 use juris_ml::lora::{LoraConfig, LoraTrain, SplitMix64, BERT_LORA_TARGETS};
 use juris_ml::EncoderOptions;
 use juris_train::retrieval_model::{BertRetrieval, DecoderRetrieval, RetrievalModel};
+use juris_train::step_profile::StepProfile;
 use juris_train::{micro_step, Batch, TrainConfig};
 
 fn status_kb(key: &str) -> u64 {
@@ -83,7 +84,16 @@ fn main() {
     );
     for step in 0..steps {
         let t0 = std::time::Instant::now();
-        let s = micro_step(m.as_ref(), &batch, &cfg, step as u64, 1.0, &vars).unwrap();
+        let s = micro_step(
+            m.as_ref(),
+            &batch,
+            &cfg,
+            step as u64,
+            1.0,
+            &vars,
+            &mut StepProfile::off(),
+        )
+        .unwrap();
         let tokens: usize = s.lengths.iter().flatten().sum();
         let n = s.grads.iter().filter(|g| g.is_some()).count();
         eprintln!(

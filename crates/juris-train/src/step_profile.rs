@@ -19,18 +19,17 @@ pub struct StepProfile {
 impl StepProfile {
     /// On when the environment sets `JURIS_STEP_PROFILE` to anything but `0` or empty.
     pub fn from_env() -> Self {
-        let enabled = std::env::var("JURIS_STEP_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0");
-        StepProfile {
-            enabled,
-            last: Instant::now(),
-            parts: Vec::new(),
-        }
+        Self::new(std::env::var("JURIS_STEP_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
     }
 
     /// A profile that records nothing.
     pub fn off() -> Self {
+        Self::new(false)
+    }
+
+    fn new(enabled: bool) -> Self {
         StepProfile {
-            enabled: false,
+            enabled,
             last: Instant::now(),
             parts: Vec::new(),
         }

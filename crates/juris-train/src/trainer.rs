@@ -411,7 +411,7 @@ pub fn train_model(
                         &[t.seed, SALT_SAMPLE, pi as u64, epoch as u64],
                     );
                     prof.lap(&device, "batch")?;
-                    let m = micro_step_profiled(
+                    let m = micro_step(
                         model,
                         &batch,
                         cfg,
@@ -717,28 +717,9 @@ pub struct MicroStep {
 /// the gradient of `weight ×` the loss. The query and the passage pass each draw their
 /// dropout masks from a seed of their own, derived from `dropout_seed`; with `[train]
 /// gradient_checkpointing` the blocks keep only their inputs and are recomputed, under the
-/// same seeds, in the backward pass.
+/// same seeds, in the backward pass. Its parts (inputs, forward, backward) are charged to
+/// `prof` ([`StepProfile::off`] to charge nothing).
 pub fn micro_step(
-    model: &dyn RetrievalModel,
-    batch: &Batch,
-    cfg: &TrainConfig,
-    dropout_seed: u64,
-    weight: f64,
-    vars: &[Var],
-) -> Result<MicroStep> {
-    micro_step_profiled(
-        model,
-        batch,
-        cfg,
-        dropout_seed,
-        weight,
-        vars,
-        &mut StepProfile::off(),
-    )
-}
-
-/// [`micro_step`], charging its parts (inputs, forward, loss+backward) to `prof`.
-pub fn micro_step_profiled(
     model: &dyn RetrievalModel,
     batch: &Batch,
     cfg: &TrainConfig,

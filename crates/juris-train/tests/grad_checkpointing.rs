@@ -9,6 +9,7 @@ use juris_ml::lora::{LoraConfig, LoraTrain, SplitMix64, BERT_LORA_TARGETS};
 use juris_ml::models::bert::Pooling;
 use juris_ml::models::tiny::tiny_random_encoder;
 use juris_train::retrieval_model::BertRetrieval;
+use juris_train::step_profile::StepProfile;
 use juris_train::{micro_step, Batch, TrainConfig};
 
 fn config(checkpointing: bool) -> TrainConfig {
@@ -48,6 +49,7 @@ fn grads(model: &BertRetrieval, checkpointing: bool, dropout_seed: u64) -> (f64,
         dropout_seed,
         0.5,
         &vars,
+        &mut StepProfile::off(),
     )
     .unwrap();
     let flat = s
