@@ -47,6 +47,25 @@ fn randomized(
     lora
 }
 
+/// Every module's two tensors of `a` equal `b`'s, value for value.
+fn assert_same_tensors(a: &LoraAdapter, b: &LoraAdapter) {
+    for (path, p) in &a.modules {
+        let q = &b.modules[path];
+        for (x, y) in [(&p.a, &q.a), (&p.b, &q.b)] {
+            let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(x, y, "{path}");
+        }
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 #[test]
 fn lora_gradients_match_finite_differences() {
     let enc = tiny_random_encoder(11, DType::F64, Pooling::Mean).unwrap();
@@ -144,14 +163,7 @@ fn peft_save_load_round_trip() {
     let back = LoraAdapter::load(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(back.config, adapter.config);
     assert_eq!(back.modules.len(), adapter.modules.len());
-    for (path, p) in &adapter.modules {
-        let q = &back.modules[path];
-        for (x, y) in [(&p.a, &q.a), (&p.b, &q.b)] {
-            let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-            let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-            assert_eq!(x, y, "{path}");
-        }
-    }
+    assert_same_tensors(&adapter, &back);
 }
 
 #[test]
@@ -172,17 +184,9 @@ fn merged_adapter_matches_training_forward_and_changes_fingerprint() {
     let mut merged = tiny_random_encoder(4, DType::F32, Pooling::Mean).unwrap();
     merged.apply_adapter(dir.path()).unwrap();
     let fast = merged.encode(&texts, TextRole::Passage).unwrap();
-    let max_diff = trained
-        .iter()
-        .zip(&fast)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let max_diff = max_abs_diff(&trained, &fast);
     assert!(max_diff < 1e-5, "merged fast path differs by {max_diff}");
-    let moved = plain
-        .iter()
-        .zip(&fast)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let moved = max_abs_diff(&plain, &fast);
     assert!(moved > 1e-3, "the adapter changed nothing ({moved})");
     assert_ne!(merged.fingerprint(), enc.fingerprint());
     assert!(merged.fingerprint().contains(":lora="));
@@ -235,30 +239,15 @@ fn full_update_round_trips_and_merges_like_the_training_forward() {
     );
     let back = LoraAdapter::load(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(back.config, adapter.config);
-    for (path, p) in &adapter.modules {
-        let q = &back.modules[path];
-        for (x, y) in [(&p.a, &q.a), (&p.b, &q.b)] {
-            let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-            let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-            assert_eq!(x, y, "{path}");
-        }
-    }
+    assert_same_tensors(&adapter, &back);
     // Merged into the encoder (weights and biases), the fast path gives the same vectors.
     let mut merged = tiny_random_encoder(4, DType::F32, Pooling::Mean).unwrap();
     merged.apply_adapter(dir.path()).unwrap();
     let fast = merged.encode(&texts, TextRole::Passage).unwrap();
-    let max_diff = trained
-        .iter()
-        .zip(&fast)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let max_diff = max_abs_diff(&trained, &fast);
     assert!(max_diff < 1e-5, "merged full update differs by {max_diff}");
     let plain = enc.encode(&texts, TextRole::Passage).unwrap();
-    let moved = plain
-        .iter()
-        .zip(&fast)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let moved = max_abs_diff(&plain, &fast);
     assert!(moved > 1e-3, "the update changed nothing ({moved})");
     // A decoder refuses it with a message, not a panic.
     let err = juris_ml::decoder_lora::load_decoder_adapter(dir.path(), &Device::Cpu)
