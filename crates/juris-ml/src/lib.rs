@@ -21,19 +21,23 @@
 //! than logits.
 #![deny(missing_docs)]
 
+pub mod adamw;
 pub mod chat_template;
 pub mod decoder_lora;
 pub mod encoder;
 pub mod error;
+pub mod frozen_linear;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod grad_checkpoint;
 pub mod lora;
+pub mod lora_linear;
 pub mod models;
 pub mod nn;
 pub mod presets;
 pub mod tokenize;
+mod train_grads;
 pub mod train_ops;
 
 pub use chat_template::{ChatMessage, ChatTemplate};

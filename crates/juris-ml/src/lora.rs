@@ -650,6 +650,39 @@ impl LoraTrain {
         }
     }
 
+    /// `x Wᵀ (+ b)` of the frozen layer at `path` plus its adapter's update (none: the frozen
+    /// layer alone). While recording a graph with a LoRA (not full) adapter, one node
+    /// ([`crate::lora_linear`]) whose backward gives `x`, `A` and `B` one gradient each;
+    /// otherwise the composed form of [`LoraTrain::apply`].
+    pub fn linear(
+        &self,
+        path: &str,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        match self.vars.get(path) {
+            Some((a, b)) if self.recording.load(Ordering::SeqCst) && !self.config.is_full() => {
+                let p = self.config.lora_dropout;
+                let dropout = match *self.seed() {
+                    Some(seed) if p > 0.0 => Some((p, train_ops::sub_seed(seed, path))),
+                    _ => None,
+                };
+                let layer = crate::lora_linear::LoraLinear {
+                    weight,
+                    bias,
+                    scale: self.config.scale(),
+                    dropout,
+                };
+                layer.forward(x, a.as_tensor(), b.as_tensor())
+            }
+            _ => {
+                let y = crate::frozen_linear::frozen_linear(x, weight, bias)?;
+                self.apply(path, x, y)
+            }
+        }
+    }
+
     /// `base_out + scale · dropout(x) Aᵀ Bᵀ` for the module at `path`; `base_out` unchanged
     /// when the module has no adapter.
     pub fn apply(&self, path: &str, x: &Tensor, base_out: Tensor) -> Result<Tensor> {

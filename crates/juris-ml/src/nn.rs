@@ -178,20 +178,9 @@ impl Linear {
 
     /// Applies the layer to `x` of shape `[.., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = dims.last().copied().unwrap_or(0);
-        let rows = x.elem_count() / in_dim.max(1);
-        // One 2-D matmul over all tokens: the weight is streamed once per batch.
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out_dims = dims;
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.weight.dim(0)?;
-        }
-        Ok(y.reshape(out_dims)?)
+        // One 2-D matmul over all tokens: the weight is streamed once per batch. Under a
+        // training graph the frozen weight gets no gradient (see `frozen_linear`).
+        crate::frozen_linear::frozen_linear(x, &self.weight, self.bias.as_ref())
     }
 }
 
@@ -343,6 +332,8 @@ impl Activation {
     /// Applies the activation element-wise.
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
+            // Under a training graph: one node whose backward is one op (`train_grads`).
+            Activation::GeluErf if x.track_op() => crate::train_ops::gelu_erf(x)?,
             Activation::GeluErf => x.gelu_erf()?,
             Activation::GeluTanh => x.gelu()?,
             Activation::Relu => x.relu()?,

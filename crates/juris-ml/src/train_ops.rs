@@ -21,7 +21,7 @@
 //! GPU equals the CPU's.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -57,7 +57,7 @@ fn unsupported(op: &str, dtype: DType) -> candle_core::Error {
 }
 
 /// The contiguous slice a fused op reads (inputs are made contiguous by the wrappers).
-fn contiguous<'a, T>(v: &'a [T], l: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T>(v: &'a [T], l: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => Err(candle_core::Error::Msg(format!(
@@ -67,7 +67,7 @@ fn contiguous<'a, T>(v: &'a [T], l: &Layout, op: &str) -> candle_core::Result<&'
 }
 
 /// Fresh contiguous storage starting at offset 0 (what the CUDA forwards copy from).
-fn packed(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn packed(x: &Tensor) -> Result<Tensor> {
     if x.is_contiguous() && x.layout().start_offset() == 0 {
         Ok(x.clone())
     } else {
@@ -87,12 +87,24 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Dropout {
+pub(crate) struct Dropout {
     p: f64,
     seed: u64,
 }
 
 impl Dropout {
+    pub(crate) fn new(p: f64, seed: u64) -> Self {
+        Dropout { p, seed }
+    }
+
+    pub(crate) fn p(&self) -> f64 {
+        self.p
+    }
+
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// Elements whose 53-bit draw is below this are dropped: `u < p` for `u` uniform on the
     /// 2⁵³-point grid of `[0, 1)` (the same test as `SplitMix64::next_f64() < p`).
     fn threshold(&self) -> u64 {
@@ -258,9 +270,9 @@ impl CustomOp1 for MaskedSoftmax {
     }
 
     fn bwd(&self, _arg: &Tensor, p: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // d softmax: p ⊙ (g − Σ_k g ⊙ p), times the scale of the scores.
-        let dot = (g * p)?.sum_keepdim(D::Minus1)?;
-        Ok(Some(((p * g.broadcast_sub(&dot)?)? * self.scale)?))
+        // d softmax: p ⊙ (g − Σ_k g ⊙ p), times the scale of the scores, as one op.
+        let grad = crate::train_grads::Grad::Softmax { scale: self.scale };
+        Ok(Some(grad.apply(p, g).map_err(candle_core::Error::wrap)?))
     }
 }
 
@@ -389,29 +401,58 @@ impl CustomOp1 for FrozenNorm {
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         // dx = r · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)), ĝ = g ⊙ w, x̂ = x_c · r,
         // r = 1 / sqrt(mean(x_c²) + eps); x_c = x − mean(x) and the mean(ĝ) term only for
-        // LayerNorm (RMSNorm does not centre).
-        let xc = if self.centred() {
-            x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?
-        } else {
-            x.clone()
+        // LayerNorm (RMSNorm does not centre); as one op.
+        let grad = crate::train_grads::Grad::Norm {
+            w: self.w.clone(),
+            centred: self.centred(),
+            eps: self.eps,
         };
-        let r = (xc.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-            .sqrt()?
-            .recip()?;
-        let xhat = xc.broadcast_mul(&r)?;
-        let gw = g.broadcast_mul(&self.w.to_dtype(g.dtype())?)?;
-        let gw_c = if self.centred() {
-            gw.broadcast_sub(&gw.mean_keepdim(D::Minus1)?)?
-        } else {
-            gw.clone()
-        };
-        let inner = gw_c.sub(&xhat.broadcast_mul(&(&gw * &xhat)?.mean_keepdim(D::Minus1)?)?)?;
-        Ok(Some(inner.broadcast_mul(&r)?))
+        Ok(Some(grad.apply(x, g).map_err(candle_core::Error::wrap)?))
+    }
+}
+
+/// Exact GELU, `0.5 x (1 + erf(x / √2))`, with candle's forward (the same storage op as
+/// `Tensor::gelu_erf`) and a backward of one op (`train_grads`) instead of candle's ten.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    Ok(packed(x)?.apply_op1(GeluErf)?)
+}
+
+struct GeluErf;
+
+/// `Tensor::gelu_erf`'s storage op, on any backend.
+fn gelu_forward<S: BackendStorage>(s: &S, l: &Layout) -> candle_core::Result<(S, Shape)> {
+    Ok((
+        s.unary_impl::<candle_core::op::GeluErf>(l)?,
+        l.shape().clone(),
+    ))
+}
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "juris-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        gelu_forward(s, l)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        gelu_forward(s, l)
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = crate::train_grads::Grad::Gelu;
+        Ok(Some(grad.apply(x, g).map_err(candle_core::Error::wrap)?))
     }
 }
 
 /// The float arithmetic the CPU loops need, for f32 and f64.
-mod num_like {
+pub(crate) mod num_like {
     pub trait Float:
         Copy
         + Send
@@ -427,6 +468,7 @@ mod num_like {
         fn from_f64(v: f64) -> Self;
         fn exp(self) -> Self;
         fn sqrt(self) -> Self;
+        fn to_f64(self) -> f64;
     }
 
     macro_rules! float {
@@ -447,6 +489,9 @@ mod num_like {
                 fn sqrt(self) -> Self {
                     <$t>::sqrt(self)
                 }
+                fn to_f64(self) -> f64 {
+                    self as f64
+                }
             }
         };
     }
@@ -457,13 +502,13 @@ mod num_like {
 /// The CUDA forwards: one kernel each from `src/cuda/train_ops.cu` (PTX built by build.rs),
 /// reading the op's input in place and writing a fresh output.
 #[cfg(feature = "cuda")]
-mod cuda {
+pub(crate) mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
     };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape, Storage, Tensor};
+    use candle_core::{CudaDevice, CudaStorage, DType, Device, Layout, Shape, Storage, Tensor};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train_ops.ptx"));
     const MODULE: &str = "juris_train_ops";
@@ -712,13 +757,137 @@ mod cuda {
         }
         Ok(output(dev, y, l))
     }
+
+    /// One fused AdamW update (`crate::adamw`): `[3, n]` = new parameter, first and second
+    /// moments from the parameter, gradient and `[2, n]` state.
+    pub fn adamw(
+        args: [(&CudaStorage, &Layout); 3],
+        step: &crate::adamw::AdamWStep,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        by_dtype!(args[0].0.dtype(), adamw_t(args, step))
+    }
+
+    fn adamw_t<T: Float>(
+        [(p, pl), (g, gl), (st, sl)]: [(&CudaStorage, &Layout); 3],
+        step: &crate::adamw::AdamWStep,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = p.device();
+        let (pv, gv, sv) = (
+            view::<T>(p, pl, "adamw")?,
+            view::<T>(g, gl, "adamw")?,
+            view::<T>(st, sl, "adamw")?,
+        );
+        let n = pl.shape().elem_count();
+        // SAFETY: the kernel writes all 3n elements (n > 0) or there are none.
+        let y = unsafe { dev.alloc::<T>((3 * n).max(1)) }?;
+        if n > 0 {
+            let f = dev.get_or_load_custom_func(&kernel::<T>("juris_adamw"), MODULE, PTX)?;
+            let c = step.consts(T::from_f64);
+            let (n64, scaled) = (n as u64, i32::from(c.scaled));
+            let mut b = f.builder();
+            b.arg(&pv).arg(&gv).arg(&sv).arg(&y).arg(&n64).arg(&scaled);
+            b.arg(&c.beta1)
+                .arg(&c.one_minus_beta1)
+                .arg(&c.beta2)
+                .arg(&c.one_minus_beta2);
+            b.arg(&c.inv_bc1)
+                .arg(&c.inv_bc2)
+                .arg(&c.eps)
+                .arg(&c.decay)
+                .arg(&c.lr);
+            b.arg(&c.grad_scale);
+            let cfg = LaunchConfig::for_num_elems(n.min(1 << 24) as u32);
+            // SAFETY: argument types and order match the kernel's signature.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            Shape::from((3, n)),
+        ))
+    }
+
+    /// One backward op of `train_grads` (softmax, norm or GELU) as one kernel.
+    pub(crate) fn grad(
+        op: &crate::train_grads::Grad,
+        a: (&CudaStorage, &Layout),
+        g: (&CudaStorage, &Layout),
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        by_dtype!(a.0.dtype(), grad_t(op, a, g))
+    }
+
+    fn grad_t<T: Float>(
+        op: &crate::train_grads::Grad,
+        (a, al): (&CudaStorage, &Layout),
+        (g, gl): (&CudaStorage, &Layout),
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        use crate::train_grads::Grad;
+        let dev = a.device();
+        let (av, gv) = (view::<T>(a, al, "grad")?, view::<T>(g, gl, "grad")?);
+        let total = al.shape().elem_count();
+        let n = al.dims().last().copied().unwrap_or(1).max(1);
+        let rows = total / n;
+        // SAFETY: each kernel writes every element (total > 0) or there are none.
+        let y = unsafe { dev.alloc::<T>(total.max(1)) }?;
+        if total == 0 {
+            return Ok(output(dev, y, al));
+        }
+        let (rows64, n64, total64) = (rows as u64, n as u64, total as u64);
+        match op {
+            Grad::Softmax { scale } => {
+                let f =
+                    dev.get_or_load_custom_func(&kernel::<T>("juris_softmax_grad"), MODULE, PTX)?;
+                let scale = T::from_f64(*scale);
+                let mut b = f.builder();
+                b.arg(&av)
+                    .arg(&gv)
+                    .arg(&y)
+                    .arg(&rows64)
+                    .arg(&n64)
+                    .arg(&scale);
+                // SAFETY: argument types and order match the kernel's signature.
+                unsafe { b.launch(rows_config(rows)) }.w()?;
+            }
+            Grad::Norm { w, centred, eps } => {
+                let w = param::<T>(&w.to_device(&Device::Cuda(dev.clone()))?)?;
+                if w.elem_count() != n {
+                    return bail(format!(
+                        "norm backward: weight of {} for rows of {n}",
+                        w.elem_count()
+                    ));
+                }
+                let (ws, wl) = w.storage_and_layout();
+                let Storage::Cuda(wc) = &*ws else {
+                    return bail("norm backward: weight not on the GPU".into());
+                };
+                let wv = view::<T>(wc, wl, "norm weight")?;
+                let f =
+                    dev.get_or_load_custom_func(&kernel::<T>("juris_norm_grad"), MODULE, PTX)?;
+                let (centred, eps) = (i32::from(*centred), T::from_f64(*eps));
+                let mut b = f.builder();
+                b.arg(&av).arg(&gv).arg(&wv).arg(&y).arg(&rows64).arg(&n64);
+                b.arg(&centred).arg(&eps);
+                // SAFETY: argument types and order match the kernel's signature.
+                unsafe { b.launch(rows_config(rows)) }.w()?;
+            }
+            Grad::Gelu => {
+                let f =
+                    dev.get_or_load_custom_func(&kernel::<T>("juris_gelu_grad"), MODULE, PTX)?;
+                let mut b = f.builder();
+                b.arg(&av).arg(&gv).arg(&y).arg(&total64);
+                let cfg = LaunchConfig::for_num_elems(total.min(1 << 24) as u32);
+                // SAFETY: argument types and order match the kernel's signature.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+        }
+        Ok(output(dev, y, al))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::lora::SplitMix64;
-    use candle_core::{Device, Var};
+    use candle_core::{Device, Var, D};
 
     fn t(v: Vec<f64>, shape: &[usize]) -> Tensor {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()

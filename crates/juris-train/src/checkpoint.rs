@@ -120,14 +120,15 @@ pub fn load_state<S: DeserializeOwned>(
 
 /// The tensors a checkpoint stores for the trainable variables `named` and their optimizer:
 /// `param.<name>`, `adam_m.<name>`, `adam_v.<name>`.
-pub fn training_tensors(named: &[(String, Var)], opt: &AdamW) -> Vec<(String, Tensor)> {
+pub fn training_tensors(named: &[(String, Var)], opt: &AdamW) -> Result<Vec<(String, Tensor)>> {
     let mut tensors = Vec::with_capacity(named.len() * 3);
     for (i, (name, var)) in named.iter().enumerate() {
         tensors.push((format!("param.{name}"), var.as_tensor().clone()));
-        tensors.push((format!("adam_m.{name}"), opt.m[i].clone()));
-        tensors.push((format!("adam_v.{name}"), opt.v[i].clone()));
+        let shape = var.as_tensor().shape();
+        tensors.push((format!("adam_m.{name}"), opt.m(i, shape)?));
+        tensors.push((format!("adam_v.{name}"), opt.v(i, shape)?));
     }
-    tensors
+    Ok(tensors)
 }
 
 /// Puts the tensors of [`training_tensors`] back into `named` and `opt` (its step counter
@@ -150,8 +151,11 @@ pub fn restore_training(
     };
     for (i, (name, var)) in named.iter().enumerate() {
         var.set(&get(format!("param.{name}"))?)?;
-        opt.m[i] = get(format!("adam_m.{name}"))?;
-        opt.v[i] = get(format!("adam_v.{name}"))?;
+        opt.set_moments(
+            i,
+            &get(format!("adam_m.{name}"))?,
+            &get(format!("adam_v.{name}"))?,
+        )?;
     }
     opt.step = adam_step;
     Ok(())

@@ -3,6 +3,7 @@
 //! rate schedule (linear warmup, then linear decay to 0), and global gradient-norm clipping.
 
 use candle_core::{Tensor, Var};
+use juris_ml::adamw::AdamWStep;
 
 use crate::error::Result;
 
@@ -18,45 +19,94 @@ pub struct AdamW {
     pub weight_decay: f64,
     /// Updates taken so far (bias correction uses it).
     pub step: u64,
-    /// First moments, one per variable.
-    pub m: Vec<Tensor>,
-    /// Second moments, one per variable.
-    pub v: Vec<Tensor>,
+    /// Both moments of each variable, `[2, numel]` (first, then second): the fused update
+    /// reads and writes them as one tensor.
+    state: Vec<Tensor>,
 }
 
 impl AdamW {
     /// Fresh state (zero moments) for `vars`.
     pub fn new(vars: &[Var], weight_decay: f64) -> Result<Self> {
-        let zeros = |v: &Var| v.as_tensor().zeros_like();
+        let zeros = |v: &Var| {
+            let p = v.as_tensor();
+            Tensor::zeros((2, p.elem_count()), p.dtype(), p.device())
+        };
         Ok(AdamW {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay,
             step: 0,
-            m: vars.iter().map(zeros).collect::<candle_core::Result<_>>()?,
-            v: vars.iter().map(zeros).collect::<candle_core::Result<_>>()?,
+            state: vars.iter().map(zeros).collect::<candle_core::Result<_>>()?,
         })
+    }
+
+    /// The first moment of variable `i`, in the variable's shape.
+    pub fn m(&self, i: usize, shape: &candle_core::Shape) -> Result<Tensor> {
+        Ok(self.state[i].get(0)?.reshape(shape)?)
+    }
+
+    /// The second moment of variable `i`, in the variable's shape.
+    pub fn v(&self, i: usize, shape: &candle_core::Shape) -> Result<Tensor> {
+        Ok(self.state[i].get(1)?.reshape(shape)?)
+    }
+
+    /// Replaces both moments of variable `i` (as a checkpoint restores them).
+    pub fn set_moments(&mut self, i: usize, m: &Tensor, v: &Tensor) -> Result<()> {
+        self.state[i] = Tensor::stack(&[m.flatten_all()?, v.flatten_all()?], 0)?;
+        Ok(())
     }
 
     /// One update of every variable with its gradient (`grads[i]` belongs to `vars[i]`).
     pub fn update(&mut self, vars: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        self.update_scaled(vars, grads, lr, None)
+    }
+
+    /// [`AdamW::update`] with every gradient multiplied by `grad_scale` first (gradient
+    /// clipping) inside the same fused op: one op per variable (`juris_ml::adamw`), whose
+    /// values equal the composed candle form bit for bit.
+    pub fn update_scaled(
+        &mut self,
+        vars: &[Var],
+        grads: &[Tensor],
+        lr: f64,
+        grad_scale: Option<f64>,
+    ) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
-        let bc1 = 1.0 - self.beta1.powi(t);
-        let bc2 = 1.0 - self.beta2.powi(t);
+        let step = AdamWStep {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            lr,
+            bias_correction1: 1.0 - self.beta1.powi(t),
+            bias_correction2: 1.0 - self.beta2.powi(t),
+            grad_scale,
+        };
         for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
             let p = var.as_tensor();
-            let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
-            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-            let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
-            let decayed = (p * (1.0 - lr * self.weight_decay))?;
-            let next = (decayed - ((&m / bc1)? / denom)? * lr)?;
-            var.set(&next)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            let out = juris_ml::adamw::adamw_step(p, g, &self.state[i], &step)?;
+            var.set(&out.get(0)?.reshape(p.shape())?)?;
+            // A view into `out`: the next update reads it where it lies.
+            self.state[i] = out.narrow(0, 1, 2)?;
         }
         Ok(())
+    }
+
+    /// Clips `grads` to a global L2 norm of `max_norm` (0: no clipping) and takes one
+    /// update; returns the norm before clipping.
+    pub fn clip_and_update(
+        &mut self,
+        vars: &[Var],
+        grads: &[Tensor],
+        lr: f64,
+        max_norm: f64,
+    ) -> Result<f64> {
+        let norm = global_norm(grads)?;
+        let scale = (max_norm > 0.0 && norm > max_norm).then(|| max_norm / (norm + 1e-6));
+        self.update_scaled(vars, grads, lr, scale)?;
+        Ok(norm)
     }
 }
 
@@ -127,19 +177,6 @@ pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     Ok(sums.iter().sum::<f64>().sqrt())
 }
 
-/// Scales `grads` so that their global norm is at most `max_norm` (0: unchanged); returns the
-/// norm before clipping.
-pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let norm = global_norm(grads)?;
-    if max_norm > 0.0 && norm > max_norm {
-        let s = max_norm / (norm + 1e-6);
-        for g in grads.iter_mut() {
-            *g = (&*g * s)?;
-        }
-    }
-    Ok(norm)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,10 +210,32 @@ mod tests {
     }
 
     #[test]
-    fn clipping_scales_to_max_norm() {
-        let mut g = vec![Tensor::new(&[3.0f64, 4.0], &Device::Cpu).unwrap()];
-        let n = clip_grad_norm(&mut g, 1.0).unwrap();
-        assert!((n - 5.0).abs() < 1e-12);
-        assert!((global_norm(&g).unwrap() - 1.0).abs() < 1e-6);
+    fn clipping_scales_the_gradients_to_max_norm() {
+        let p = Tensor::new(&[1.0f64, -2.0], &Device::Cpu).unwrap();
+        let g = Tensor::new(&[3.0f64, 4.0], &Device::Cpu).unwrap();
+        let clipped = Var::from_tensor(&p).unwrap();
+        let mut opt = AdamW::new(std::slice::from_ref(&clipped), 0.0).unwrap();
+        let norm = opt
+            .clip_and_update(
+                std::slice::from_ref(&clipped),
+                std::slice::from_ref(&g),
+                0.1,
+                1.0,
+            )
+            .unwrap();
+        assert!((norm - 5.0).abs() < 1e-12);
+        // The same update from gradients scaled to norm 1 by hand.
+        let by_hand = Var::from_tensor(&p).unwrap();
+        let mut opt2 = AdamW::new(std::slice::from_ref(&by_hand), 0.0).unwrap();
+        let scaled = (&g * (1.0 / (5.0 + 1e-6))).unwrap();
+        opt2.update(std::slice::from_ref(&by_hand), &[scaled], 0.1)
+            .unwrap();
+        let (a, b): (Vec<f64>, Vec<f64>) = (
+            clipped.as_tensor().to_vec1().unwrap(),
+            by_hand.as_tensor().to_vec1().unwrap(),
+        );
+        assert_eq!(a, b);
+        let m = opt.m(0, p.shape()).unwrap().to_vec1::<f64>().unwrap();
+        assert!((m[0] - 0.1 * 3.0 / (5.0 + 1e-6)).abs() < 1e-12, "{m:?}");
     }
 }

@@ -35,7 +35,7 @@ use serde_json::json;
 use crate::chat_data::{prepare_files, DataStats, Example};
 use crate::checkpoint;
 use crate::error::{io, Result, TrainError};
-use crate::optim::{accumulate_grads, clip_grad_norm, lr_at, AdamW};
+use crate::optim::{accumulate_grads, lr_at, AdamW};
 use crate::report;
 use crate::sft_config::{BaseMode, ExportKind, SftConfig};
 use crate::trainer::mix;
@@ -244,7 +244,7 @@ pub fn train_sft(
         }
     };
     let save_ckpt = |state: &SftState, opt: &AdamW| -> Result<()> {
-        let tensors = checkpoint::training_tensors(&named, opt);
+        let tensors = checkpoint::training_tensors(&named, opt)?;
         checkpoint::save_state(&out, state, &tensors)
     };
     let best_dir = out.join("best");
@@ -318,10 +318,9 @@ pub fn train_sft(
                 accumulate_grads(&mut acc, &vars, &grads)?;
             }
             lora.set_dropout_seed(None);
-            let mut grads = acc.unwrap_or_default();
-            let grad_norm = clip_grad_norm(&mut grads, t.max_grad_norm)?;
+            let grads = acc.unwrap_or_default();
             let lr = lr_at(state.global_step, total, warmup, t.lr);
-            opt.update(&vars, &grads, lr)?;
+            let grad_norm = opt.clip_and_update(&vars, &grads, lr, t.max_grad_norm)?;
             state.step_in_epoch += 1;
             state.global_step += 1;
             state.adam_step = opt.step;

@@ -50,6 +50,12 @@ fn write_dataset(dir: &Path) {
 }
 
 fn config(data: &Path, out: &Path, epochs: usize, two_phases: bool) -> TrainConfig {
+    let text = config_text(data, out, epochs, two_phases);
+    TrainConfig::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+/// The TOML of [`config`], for tests that change a line before parsing.
+fn config_text(data: &Path, out: &Path, epochs: usize, two_phases: bool) -> String {
     let mut text = format!(
         r#"
 [model]
@@ -95,7 +101,7 @@ relative_margin = 0.05
 "#,
         );
     }
-    TrainConfig::parse(&text, Path::new("test.toml")).unwrap()
+    text
 }
 
 fn encoder() -> juris_ml::models::bert::BertEncoder {
@@ -404,37 +410,16 @@ fn full_fine_tuning_loss_falls_and_saves_a_full_update() {
     let data = tmp.path().join("data");
     write_dataset(&data);
     let out = tmp.path().join("run");
+    // The LoRA test config with a full update instead of the low-rank factors, a smaller
+    // learning rate and no checkpoints.
     let text = |dropout: f64| {
-        format!(
-            r#"
-[model]
-path = "tiny-random"
-max_len = 32
-[lora]
-full = true
-dropout = {dropout}
-[data]
-dir = "{}"
-eval_split = "dev"
-[train]
-out = "{}"
-seed = 7
-batch_size = 4
-grad_accum = 2
-lr = 1e-3
-warmup_ratio = 0.1
-temperature = 0.1
-[[phase]]
-name = "bm25"
-epochs = 6
-negatives = "bm25"
-top_k = 5
-hard_negatives = 2
-random_negatives = 1
-"#,
-            data.display(),
-            out.display()
-        )
+        config_text(&data, &out, 6, false)
+            .replace(
+                "r = 4\nalpha = 8\ndropout = 0.1",
+                &format!("full = true\ndropout = {dropout}"),
+            )
+            .replace("lr = 5e-3", "lr = 1e-3")
+            .replace("checkpoint_every = 2\n", "")
     };
     let err = TrainConfig::parse(&text(0.1), Path::new("full.toml"))
         .unwrap_err()

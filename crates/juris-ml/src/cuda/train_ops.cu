@@ -85,6 +85,25 @@ __device__ void masked_softmax(const T* x, const T* mask, T* y, u64 rows, u64 n,
 MASKED_SOFTMAX(juris_masked_softmax_f32, float)
 MASKED_SOFTMAX(juris_masked_softmax_f64, double)
 
+// A row's mean (0 unless centred) and sqrt(mean((x − mean)²) + eps), two passes, over the
+// 32 lanes of a warp: the statistics of the norm forward and backward.
+template <typename T>
+__device__ __forceinline__ void row_stats(const T* xr, u64 n, unsigned lane, int centred, T eps,
+                                          T& mean, T& denom) {
+    mean = 0;
+    if (centred) {
+        T s = 0;
+        for (u64 j = lane; j < n; j += 32) s += xr[j];
+        mean = warp_sum(s) / (T)n;
+    }
+    T sq = 0;
+    for (u64 j = lane; j < n; j += 32) {
+        T d = xr[j] - mean;
+        sq += d * d;
+    }
+    denom = sqrt(warp_sum(sq) / (T)n + eps);
+}
+
 // LayerNorm (centred != 0, with bias b) or RMSNorm (centred == 0: b is not read) over rows
 // of n with weight w: y = (x − mean) / sqrt(mean((x − mean)²) + eps) · w (+ b), the CPU form's
 // two-pass statistics.
@@ -96,18 +115,8 @@ __device__ void frozen_norm(const T* x, const T* w, const T* b, T* y, u64 rows, 
     if (warp >= rows) return;
     const T* xr = x + warp * n;
     T* yr = y + warp * n;
-    T mean = 0;
-    if (centred) {
-        T s = 0;
-        for (u64 j = lane; j < n; j += 32) s += xr[j];
-        mean = warp_sum(s) / (T)n;
-    }
-    T sq = 0;
-    for (u64 j = lane; j < n; j += 32) {
-        T d = xr[j] - mean;
-        sq += d * d;
-    }
-    T denom = sqrt(warp_sum(sq) / (T)n + eps);
+    T mean, denom;
+    row_stats(xr, n, lane, centred, eps, mean, denom);
     for (u64 j = lane; j < n; j += 32) {
         T v = (xr[j] - mean) / denom * w[j];
         yr[j] = centred ? v + b[j] : v;
@@ -121,3 +130,127 @@ __device__ void frozen_norm(const T* x, const T* w, const T* b, T* y, u64 rows, 
     }
 FROZEN_NORM(juris_frozen_norm_f32, float)
 FROZEN_NORM(juris_frozen_norm_f64, double)
+
+// One AdamW update (`adamw.rs`): out = [p', m', v'] (3n) from p, g and st = [m, v] (2n). Every
+// operation is written as its correctly rounded intrinsic so that nvcc contracts nothing into
+// a fused multiply-add: each line is one candle op of the composed form the CPU also runs
+// (`x * c + 0` is candle's affine(c, 0), which turns -0 into +0), so the result equals the
+// CPU's bit for bit.
+__device__ __forceinline__ float rn_mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ float rn_add(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ float rn_sub(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ float rn_div(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ float rn_sqrt(float a) { return __fsqrt_rn(a); }
+__device__ __forceinline__ double rn_mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ double rn_add(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ double rn_sub(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ double rn_div(double a, double b) { return __ddiv_rn(a, b); }
+__device__ __forceinline__ double rn_sqrt(double a) { return __dsqrt_rn(a); }
+
+template <typename T>
+__device__ void adamw(const T* p, const T* g, const T* st, T* out, u64 n, int scaled, T beta1,
+                      T one_minus_beta1, T beta2, T one_minus_beta2, T inv_bc1, T inv_bc2,
+                      T eps, T decay, T lr, T grad_scale) {
+    const T z = (T)0;
+    u64 stride = (u64)blockDim.x * gridDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        T gi = scaled ? rn_add(rn_mul(g[i], grad_scale), z) : g[i];
+        T m = rn_add(rn_add(rn_mul(st[i], beta1), z), rn_add(rn_mul(gi, one_minus_beta1), z));
+        T v = rn_add(rn_add(rn_mul(st[n + i], beta2), z),
+                     rn_add(rn_mul(rn_mul(gi, gi), one_minus_beta2), z));
+        T denom = rn_add(rn_sqrt(rn_add(rn_mul(v, inv_bc2), z)), eps);
+        T decayed = rn_add(rn_mul(p[i], decay), z);
+        T upd = rn_add(rn_mul(rn_div(rn_add(rn_mul(m, inv_bc1), z), denom), lr), z);
+        out[i] = rn_sub(decayed, upd);
+        out[n + i] = m;
+        out[2 * n + i] = v;
+    }
+}
+
+#define ADAMW(NAME, T)                                                                         \
+    extern "C" __global__ void NAME(const T* p, const T* g, const T* st, T* out, u64 n,        \
+                                    int scaled, T beta1, T one_minus_beta1, T beta2,           \
+                                    T one_minus_beta2, T inv_bc1, T inv_bc2, T eps, T decay,   \
+                                    T lr, T grad_scale) {                                      \
+        adamw<T>(p, g, st, out, n, scaled, beta1, one_minus_beta1, beta2, one_minus_beta2,     \
+                 inv_bc1, inv_bc2, eps, decay, lr, grad_scale);                                \
+    }
+ADAMW(juris_adamw_f32, float)
+ADAMW(juris_adamw_f64, double)
+
+// Backward of softmax(scores · scale + mask) from its output p and the gradient g, rows of n:
+// dx = p ⊙ (g − Σ g ⊙ p) · scale, one warp per row.
+template <typename T>
+__device__ void softmax_grad(const T* p, const T* g, T* y, u64 rows, u64 n, T scale) {
+    u64 warp = ((u64)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    unsigned lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    const T* pr = p + warp * n;
+    const T* gr = g + warp * n;
+    T* yr = y + warp * n;
+    T dot = 0;
+    for (u64 j = lane; j < n; j += 32) dot += gr[j] * pr[j];
+    dot = warp_sum(dot);
+    for (u64 j = lane; j < n; j += 32) yr[j] = pr[j] * (gr[j] - dot) * scale;
+}
+
+#define SOFTMAX_GRAD(NAME, T)                                                              \
+    extern "C" __global__ void NAME(const T* p, const T* g, T* y, u64 rows, u64 n, T scale) { \
+        softmax_grad<T>(p, g, y, rows, n, scale);                                          \
+    }
+SOFTMAX_GRAD(juris_softmax_grad_f32, float)
+SOFTMAX_GRAD(juris_softmax_grad_f64, double)
+
+// Backward of LayerNorm (centred != 0) / RMSNorm with frozen weight w, from the input x and
+// the gradient g, rows of n: dx = r · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)), ĝ = g ⊙ w,
+// x̂ = x_c · r, r = 1 / sqrt(mean(x_c²) + eps), the mean(ĝ) term only when centred.
+template <typename T>
+__device__ void norm_grad(const T* x, const T* g, const T* w, T* y, u64 rows, u64 n,
+                          int centred, T eps) {
+    u64 warp = ((u64)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    unsigned lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    const T* xr = x + warp * n;
+    const T* gr = g + warp * n;
+    T* yr = y + warp * n;
+    T mean, denom;
+    row_stats(xr, n, lane, centred, eps, mean, denom);
+    T r = (T)1 / denom;
+    T gsum = 0;
+    for (u64 j = lane; j < n; j += 32) gsum += gr[j] * w[j];
+    T gmean = centred ? warp_sum(gsum) / (T)n : (T)0;
+    T cross = 0;
+    for (u64 j = lane; j < n; j += 32) cross += gr[j] * w[j] * (xr[j] - mean) * r;
+    cross = warp_sum(cross) / (T)n;
+    for (u64 j = lane; j < n; j += 32) {
+        T xhat = (xr[j] - mean) * r;
+        yr[j] = r * (gr[j] * w[j] - gmean - xhat * cross);
+    }
+}
+
+#define NORM_GRAD(NAME, T)                                                                 \
+    extern "C" __global__ void NAME(const T* x, const T* g, const T* w, T* y, u64 rows,    \
+                                    u64 n, int centred, T eps) {                           \
+        norm_grad<T>(x, g, w, y, rows, n, centred, eps);                                   \
+    }
+NORM_GRAD(juris_norm_grad_f32, float)
+NORM_GRAD(juris_norm_grad_f64, double)
+
+// Backward of exact GELU, 0.5 x (1 + erf(x / √2)), from its input x and the gradient g:
+// g · (Φ(x) + x φ(x)), Φ the normal CDF, φ its density.
+__device__ __forceinline__ float gelu_slope(float x) {
+    return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
+           x * 0.39894228040143268f * expf(-0.5f * x * x);
+}
+__device__ __forceinline__ double gelu_slope(double x) {
+    return 0.5 * (1.0 + erf(x * 0.70710678118654752)) + x * 0.39894228040143268 * exp(-0.5 * x * x);
+}
+
+#define GELU_GRAD(NAME, T)                                                                 \
+    extern "C" __global__ void NAME(const T* x, const T* g, T* y, u64 n) {                 \
+        u64 stride = (u64)blockDim.x * gridDim.x;                                          \
+        for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)       \
+            y[i] = g[i] * gelu_slope(x[i]);                                                \
+    }
+GELU_GRAD(juris_gelu_grad_f32, float)
+GELU_GRAD(juris_gelu_grad_f64, double)

@@ -718,10 +718,14 @@ impl grad_checkpoint::BlockPass for BertTrainPass<'_> {
         let (b, seq, h) = (self.b, self.seq, m.config.hidden_size);
         let hd = h / m.heads;
         let lin = |name: &str, l: &Linear, x: &Tensor| -> Result<Tensor> {
-            let y = l.forward(x)?;
             match self.lora {
-                Some(lo) => lo.apply(&format!("encoder.layer.{i}.{name}"), x, y),
-                None => Ok(y),
+                Some(lo) => lo.linear(
+                    &format!("encoder.layer.{i}.{name}"),
+                    x,
+                    &l.weight,
+                    l.bias.as_ref(),
+                ),
+                None => l.forward(x),
             }
         };
         let split = |t: Tensor| -> Result<Tensor> {

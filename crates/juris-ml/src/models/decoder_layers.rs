@@ -117,6 +117,10 @@ impl DecoderLinear {
     /// Applies the layer to `x` of shape `[.., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (y, bias) = match self {
+            // Under a training graph: one 2-D product whose frozen weight gets no gradient.
+            DecoderLinear::Dense { weight, bias } if x.track_op() => {
+                return crate::frozen_linear::frozen_linear(x, weight, bias.as_ref());
+            }
             DecoderLinear::Dense { weight, bias } => {
                 let w = match x.dims().len() {
                     3 => weight.broadcast_left(x.dim(0)?)?.t()?,
@@ -398,6 +402,15 @@ impl Projection {
 
     /// `x Wᵀ (+ b)` plus the adapter's update, for `x` `[.., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (
+            DecoderLinear::Dense { weight, bias },
+            Some(ProjectionAdapter::Train { lora, rows: None }),
+        ) = (&self.base, &self.adapter)
+        {
+            // A dense base in its Hugging Face row order: the frozen layer and the adapter
+            // as one training node.
+            return lora.linear(&self.path, x, weight, bias.as_ref());
+        }
         let y = self.base.forward(x)?;
         match &self.adapter {
             None => Ok(y),
