@@ -10,8 +10,8 @@
 # mining and checkpoints; ST: per-step clocks with torch.cuda.synchronize). Medians of the
 # runs, the ratio juris/ST and model FLOPs utilization: $OUT/train_throughput.json and a
 # Markdown table on stdout; the raw records (juris metrics.jsonl, ST JSON, configs) in
-# $OUT/train_throughput_raw.tar. Then (time left) one run a side with the adapter dropout at 0,
-# which shows what juris's host-drawn dropout masks cost.
+# $OUT/train_throughput_raw.tar. Then (time left, DROPOUT0=1) one run a side with the adapter dropout at 0,
+# which shows what the dropout masks cost (drawn by one kernel on the GPU since session 6).
 #
 #   usage (repo root):  bash bench/gpu/train_throughput.sh [device] 2>&1 | tee $OUT/train_throughput.log
 #                       device: cuda (default) or cpu
