@@ -17,7 +17,7 @@ GPU: `--device cuda` runs both sides on the GPU (PyTorch f32 as sentence-transfo
 defaults to, candle f32), with `--bin` naming a prebuilt `--features cuda` example and
 `--data` the folder holding the datasets.
 
-usage: /work/cache/mlvenv/bin/python bench/encode_speed.py [--runs 3] [--models minilm,e5]
+usage: bench/.venv/bin/python bench/encode_speed.py [--runs 3] [--models minilm,e5]
        [--device cpu|cuda] [--bin PATH] [--data DIR] [--threads 2]
 """
 import argparse

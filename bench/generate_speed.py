@@ -5,7 +5,7 @@ on the same GGUF files, the same prompt token ids and the same thread count.
 Run from the repository root after building the example:
 
     cargo build --release -p juris-ml --example generate_speed
-    /work/cache/mlvenv/bin/python bench/generate_speed.py [--threads 2] [--runs 3] \
+    bench/.venv/bin/python bench/generate_speed.py [--threads 2] [--runs 3] \
         [--prompt-tokens 256] [--new-tokens 128] [smollm2 gemma3 ...]
 
 For each model: a ~256-token prompt (a legal text, tokenized by llama.cpp with BOS) is

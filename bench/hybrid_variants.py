@@ -9,7 +9,7 @@ on dev:
    (depth 100): z-score and min-max weighted sums with α on a 0.025 grid, and reciprocal-rank
    fusion with k in {5, 10, 20, 40, 60, 100} and a weight on a 0.05 grid.
 
-usage: /work/cache/mlvenv/bin/python bench/hybrid_variants.py
+usage: bench/.venv/bin/python bench/hybrid_variants.py
        (after bench/hybrid_quality.py built bench/out/hybrid/coliee_statute_en/index with its
        minilm embeddings; needs sentence-transformers)
 """

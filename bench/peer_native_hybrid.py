@@ -4,7 +4,7 @@ sentence-transformers all-MiniLM-L6-v2 (CPU, max length 256), per-query min-max 
 both top-100 lists summed with alpha chosen on train by nDCG@10 (0, 0.05, ..., 1), reported on
 dev. Prints the train choice and dev nDCG@10 of BM25, dense and hybrid.
 
-usage: /work/cache/mlvenv/bin/python bench/peer_native_hybrid.py [DATASET_DIR]
+usage: bench/.venv/bin/python bench/peer_native_hybrid.py [DATASET_DIR]
        (default ../shared/data/coliee_statute_en; needs bm25s, PyStemmer, sentence-transformers)
 """
 import json, sys

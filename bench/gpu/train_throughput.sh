@@ -23,7 +23,7 @@
 #        EPOCHS (of the lr schedule, default 1; raise it with BATCH so STEPS fit), PY (default
 #        python3), OUT.
 #   CPU smoke test here: JURIS=target/release/juris DATA=/work/shared/data/coliee_statute_en \
-#        STEPS=4 WARMUP=1 RUNS=1 OUT=/tmp/tput PY=/work/cache/mlvenv/bin/python \
+#        STEPS=4 WARMUP=1 RUNS=1 OUT=/tmp/tput PY=bench/.venv/bin/python \
 #        bash bench/gpu/train_throughput.sh cpu
 set -uo pipefail
 DEVICE=${1:-cuda}

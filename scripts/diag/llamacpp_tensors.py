@@ -3,7 +3,7 @@
 juris (crates/juris-ml/examples/parity_probe.rs applies one of our quantized matmuls to
 the same rows, or writes our logits).
 
-    /work/cache/mlvenv/bin/python scripts/diag/llamacpp_tensors.py MODEL.gguf OUT_DIR \
+    bench/.venv/bin/python scripts/diag/llamacpp_tensors.py MODEL.gguf OUT_DIR \
         '[id, id, ...]' [NEXT_ID]
 
 llama.cpp (llama-cpp-python's bundled library; CPU, F32 KV cache, no flash attention,

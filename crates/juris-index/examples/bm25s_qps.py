@@ -1,6 +1,6 @@
 """bm25s (numba backend, one thread) on the same corpus, tokens and queries as examples/qps.rs.
 
-usage: NUMBA_NUM_THREADS=1 /work/cache/venv/bin/python crates/juris-index/examples/bm25s_qps.py \
+usage: NUMBA_NUM_THREADS=1 bench/.venv/bin/python crates/juris-index/examples/bm25s_qps.py \
            CORPUS QUERIES COPIES REPS STOPWORDS_OUT
 
 Writes bm25s's English stopword list to STOPWORDS_OUT (pass it to qps --stopwords so both
