@@ -243,18 +243,46 @@ const NEG_ZERO: u32 = 0x8000_0000;
 /// Documents per tile of the tiled exhaustive path (8192 × 4 bytes: fits L1).
 const TILE: usize = 8192;
 
+/// Most block maxima [`scan_reset`] keeps to bound the k-th score before offering anything;
+/// for a larger k it offers every block that passes the heap's own floor.
+const BOUND_MAX_K: usize = 64;
+
 /// Offers every touched entry of `acc` (document `base + i` scoring `absent + acc[i]`;
-/// untouched entries hold `-0.0`) to `top`, and resets `acc` to `-0.0`. Entries are tested
-/// 16 at a time against a threshold below the heap's floor (lowered by a relative margin so
-/// that rounding of `absent + v` cannot matter); once the heap is full most blocks fail the
-/// test with a few vector instructions. Fixed-size blocks let the compiler unroll the test
-/// and the reset (callgrind on scifact: ~75 → ~25 instructions per 16 documents).
+/// untouched entries hold `-0.0`) to `top`, and resets `acc` to `-0.0`.
+///
+/// Two passes over blocks of 16 entries. The first takes each block's largest touched value
+/// and keeps the k largest of those maxima: if the k-th largest is `m`, k documents (one per
+/// block) score at least `absent + m`, so the final k-th score is at least that — a bound
+/// known before the heap sees anything. The second offers only blocks whose maximum reaches
+/// the bound (or the heap's floor, whichever is higher), lowered by a relative margin so that
+/// rounding of `absent + v` cannot matter. Offering blocks in a single pass let the floor
+/// rise only as good documents turned up, so early blocks all passed the test and went
+/// through the heap (perf on scifact: 38 % of the search loop in the scan, 10 % in heap
+/// pushes). The same hits either way: the heap orders by (score, document), not by arrival.
 fn scan_reset(acc: &mut [f32], base: usize, absent: f32, top: &mut TopK) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { scan_reset_avx2(acc, base, absent, top) };
+    }
+    scan_reset_body(acc, base, absent, top)
+}
+
+/// [`scan_reset`] compiled for AVX2: the maxima, the tests and the reset run 8 lanes wide
+/// instead of SSE2's 4 (the release build targets baseline x86-64).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_reset_avx2(acc: &mut [f32], base: usize, absent: f32, top: &mut TopK) {
+    scan_reset_body(acc, base, absent, top)
+}
+
+#[inline(always)]
+fn scan_reset_body(acc: &mut [f32], base: usize, absent: f32, top: &mut TopK) {
+    let margin = |x: f32| (x.abs() + absent.abs()) * 1e-5 + f32::MIN_POSITIVE;
     let thr_of = |top: &TopK| {
         let floor = top.floor;
         if floor.is_finite() {
-            let margin = (floor.abs() + absent.abs()) * 1e-5 + f32::MIN_POSITIVE;
-            floor - absent - margin
+            floor - absent - margin(floor)
         } else {
             f32::NEG_INFINITY
         }
@@ -266,18 +294,68 @@ fn scan_reset(acc: &mut [f32], base: usize, absent: f32, top: &mut TopK) {
             }
         }
     };
-    let mut thr = thr_of(top);
-    let (blocks, rest) = acc.as_chunks_mut::<16>();
-    for (bi, block) in blocks.iter_mut().enumerate() {
-        if block.iter().fold(false, |a, &v| a | (v >= thr)) {
+    let (blocks, rest) = acc.as_chunks::<16>();
+    // Plain float maxima, an untouched `-0.0` counting as 0 (lane-wise, so that it compiles to
+    // vector max instructions): a k-th largest maximum above 0 comes from touched entries
+    // and bounds the k-th score; at or below 0 it may not, and is not used.
+    let maxima: Vec<f32> = blocks.iter().map(block_max).collect();
+    let bound = kth_largest(&maxima, top.k)
+        .filter(|&m| m > 0.0)
+        .map_or(f32::NEG_INFINITY, |m| m - margin(m));
+    let mut thr = thr_of(top).max(bound);
+    for (bi, (block, &m)) in blocks.iter().zip(&maxima).enumerate() {
+        if m >= thr {
             offer(top, block, base + bi * 16);
-            thr = thr_of(top);
+            thr = thr_of(top).max(bound);
         }
-        *block = [-0.0; 16];
     }
-    let first = base + blocks.len() * 16;
-    offer(top, rest, first);
-    rest.fill(-0.0);
+    offer(top, rest, base + blocks.len() * 16);
+    acc.fill(-0.0);
+}
+
+/// The largest of 16 values, in four lanes of four.
+#[inline(always)]
+fn block_max(block: &[f32; 16]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 4];
+    for quad in block.as_chunks::<4>().0 {
+        for (m, &v) in m.iter_mut().zip(quad) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let a = if m[0] > m[1] { m[0] } else { m[1] };
+    let b = if m[2] > m[3] { m[2] } else { m[3] };
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The k-th largest finite value of `xs` when there are at least k (and k is at most
+/// [`BOUND_MAX_K`]): the k largest so far held unsorted with the position of their smallest,
+/// which a new value replaces. After the first blocks almost every value fails the first
+/// comparison; a sorted array cost a binary search and a memmove per replacement (~6 % of a
+/// scifact query).
+#[inline(always)]
+fn kth_largest(xs: &[f32], k: usize) -> Option<f32> {
+    if k == 0 || k > BOUND_MAX_K {
+        return None;
+    }
+    let mut held = [f32::NEG_INFINITY; BOUND_MAX_K];
+    let held = &mut held[..k];
+    let (mut low_at, mut low) = (0, f32::NEG_INFINITY);
+    for &x in xs {
+        if x > low {
+            held[low_at] = x;
+            (low_at, low) = (0, held[0]);
+            for (i, &h) in held.iter().enumerate().skip(1) {
+                if h < low {
+                    (low_at, low) = (i, h);
+                }
+            }
+        }
+    }
+    low.is_finite().then_some(low)
 }
 
 /// Smallest position `≥ pos` whose document is `≥ target` (lists ascend): a short linear
