@@ -996,4 +996,64 @@ mod tests {
             .collect();
         assert_eq!(hits, vec![(2.0, 1), (2.0, 3), (2.0, 9)]);
     }
+
+    #[test]
+    fn kth_largest_matches_a_sort() {
+        let xs: Vec<f32> = (0..300u32)
+            .map(|i| ((i * 7919) % 613) as f32 - 200.0)
+            .collect();
+        for k in [1, 2, 10, 64] {
+            let mut sorted = xs.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            assert_eq!(kth_largest(&xs, k), Some(sorted[k - 1]), "k {k}");
+        }
+        assert_eq!(kth_largest(&xs[..5], 10), None, "fewer values than k");
+        assert_eq!(kth_largest(&xs, 65), None, "k above the bound's limit");
+        assert_eq!(kth_largest(&xs, 0), None);
+    }
+
+    /// The scan's hits equal a full sort of the touched entries, for positive and negative
+    /// sums (Robertson idf can be negative), ties, few touched entries, a non-zero `absent`
+    /// and a tail shorter than a block; and the accumulator is reset.
+    #[test]
+    fn scan_reset_equals_sorting_the_touched_entries() {
+        let n = 16 * 40 + 7;
+        for (case, absent) in [(0u32, 0.0f32), (1, 1.5), (2, -0.75), (3, 0.0), (4, 0.0)] {
+            let mut acc = vec![-0.0f32; n];
+            for (i, v) in acc.iter_mut().enumerate() {
+                let i = i as u32;
+                let touched = match case {
+                    // Whole blocks, then blocks with one touched entry: counting untouched
+                    // entries as 0 would let those blocks' maxima hide the negative ones.
+                    2 => i < 320 || i % 16 == 0,
+                    3 => i % 97 == 5, // fewer touched blocks than k for large k
+                    _ => (i * 31 + case) % 5 != 0,
+                };
+                if touched {
+                    *v = match case {
+                        2 => -(((i * 13) % 17) as f32) / 4.0 - 0.25, // all negative
+                        4 => 1.0,                                    // all tied
+                        _ => ((i * 7919 + case) % 101) as f32 / 8.0 - 3.0,
+                    };
+                }
+            }
+            for k in [1, 10, 64, 100] {
+                let mut want: Vec<(f32, u32)> = acc
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.to_bits() != NEG_ZERO)
+                    .map(|(d, v)| (absent + v, d as u32 + 1000))
+                    .collect();
+                want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                want.truncate(k);
+                let mut scratch = acc.clone();
+                let mut top = TopK::new(k);
+                scan_reset(&mut scratch, 1000, absent, &mut top);
+                let got: Vec<(f32, u32)> =
+                    top.into_hits().iter().map(|h| (h.score, h.doc)).collect();
+                assert_eq!(got, want, "case {case}, k {k}");
+                assert!(scratch.iter().all(|v| v.to_bits() == NEG_ZERO));
+            }
+        }
+    }
 }
