@@ -298,7 +298,12 @@ fn scan_reset_body(acc: &mut [f32], base: usize, absent: f32, top: &mut TopK) {
     // Plain float maxima, an untouched `-0.0` counting as 0 (lane-wise, so that it compiles to
     // vector max instructions): a k-th largest maximum above 0 comes from touched entries
     // and bounds the k-th score; at or below 0 it may not, and is not used.
-    let maxima: Vec<f32> = blocks.iter().map(block_max).collect();
+    // A plain loop, not `collect`: the iterator adapter was compiled outside the AVX2 copy
+    // of this function (callgrind: ~10k instructions a scifact query, 14 % of the search).
+    let mut maxima = vec![0f32; blocks.len()];
+    for (m, block) in maxima.iter_mut().zip(blocks) {
+        *m = block_max(block);
+    }
     let bound = kth_largest(&maxima, top.k)
         .filter(|&m| m > 0.0)
         .map_or(f32::NEG_INFINITY, |m| m - margin(m));
