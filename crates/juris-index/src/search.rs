@@ -17,14 +17,17 @@
 //!
 //! **Exhaustive, tiled** ([`Strategy::Tiled`]): the same sums, range of 8,192 documents by
 //! range, into an accumulator that stays in L1 (untouched = `-0.0`); each tile is then
-//! scanned 16 entries at a time against the heap floor. Chosen by [`Strategy::Exhaustive`]
+//! scanned in blocks of 16 entries: the k-th largest block maximum bounds the k-th score, and
+//! only blocks that reach the bound (or the heap floor) are offered to the heap (the same
+//! scan ends the exhaustive search of collections ≤ 65,536 documents). Chosen by [`Strategy::Exhaustive`]
 //! for collections of ≥ 65,536 documents when a query has ≥ 1 posting per 8 documents.
 //!
 //! **MaxScore** ([`Strategy::MaxScore`]): terms sorted by upper bound (largest impact
 //! times occurrences in the query); those whose summed bounds cannot lift a document above
 //! the current k-th score are non-essential (plus, measured to pay off, one more list is
 //! kept essential). Documents are enumerated window by window (4,096 documents) from the
-//! essential lists, whose postings are scattered into a window accumulator and bitset; each
+//! essential lists, whose postings are scattered into a window accumulator (untouched =
+//! `-0.0`, found 16 at a time by vector compares); each
 //! candidate whose bound still exceeds the k-th score probes the non-essential lists (linear
 //! scan, then galloping search) in decreasing bound order while the bound allows entry.
 //! Bounds carry a small relative slack, and every fully evaluated document's score is summed
