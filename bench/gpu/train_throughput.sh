@@ -21,7 +21,9 @@
 #        RUN_TIMEOUT (s per run, default 100), BUDGET (s for the whole script, default 420),
 #        DROPOUT0 (1: the dropout-0 pair too; default 1), BATCH (queries a step, default 8),
 #        EPOCHS (of the lr schedule, default 1; raise it with BATCH so STEPS fit), PY (default
-#        python3), OUT.
+#        python3), OUT, PRECISION (juris's [train] precision: f32 default, bf16 on CUDA),
+#        ST (0: juris runs only, e.g. PRECISION=bf16 beside an f32 run; samples/s per run
+#        printed instead of the comparison table).
 #   CPU smoke test here: JURIS=target/release/juris DATA=/work/shared/data/coliee_statute_en \
 #        STEPS=4 WARMUP=1 RUNS=1 OUT=/tmp/tput PY=bench/.venv/bin/python \
 #        bash bench/gpu/train_throughput.sh cpu
@@ -40,6 +42,8 @@ BATCH=${BATCH:-8}
 EPOCHS=${EPOCHS:-1}
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/train_throughput_out}
+PRECISION=${PRECISION:-f32}
+ST_SIDE=${ST:-1}
 WORK=${WORK:-/tmp/train_throughput_work}
 export PYTHONUNBUFFERED=1
 ST="$PY bench/train_throughput_st.py"
@@ -88,6 +92,7 @@ checkpoint_every = 0
 log_every = 1
 metric = "ndcg@10"
 eval_batch_size = 128
+$([ "$PRECISION" != f32 ] && echo "precision = \"$PRECISION\"")
 
 [[phase]]
 name = "phase1"
@@ -125,6 +130,26 @@ summarize() { # json-name task
   $ST summarize --model "$MODEL" --warmup-steps "$WARMUP" --peak fp32 --device-name "$DEVNAME" \
     --task "$2" --out "$OUT/$1" --juris "${JURIS_FILES[@]}" --st "${ST_FILES[@]}"
 }
+
+if [ "$ST_SIDE" = 0 ]; then
+  # juris alone: samples/s of the optimizer steps after the first WARMUP, per run.
+  for i in $(seq 1 "$RUNS"); do
+    JURIS_FILES=()
+    run_juris "$PRECISION-$i" 0.05
+    $PY - "${JURIS_FILES[0]}" "$WARMUP" "$PRECISION" <<'PYEOF'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1]) if '"train_s"' in l and '"loss"' in l]
+w = int(sys.argv[2])
+base, last = recs[w - 1], recs[-1]
+secs = last["train_s"] - base["train_s"]
+n = last["samples"] - base["samples"]
+print(f"juris {sys.argv[3]}: steps {base['step'] + 1}-{last['step']}: {n} samples in {secs:.2f} s = "
+      f"{n / secs:.1f} samples/s; loss at step {last['step']}: {last['loss']:.4f}")
+PYEOF
+  done
+  echo "total $SECONDS s"
+  exit 0
+fi
 
 JURIS_FILES=(); ST_FILES=()
 for i in $(seq 1 "$RUNS"); do
