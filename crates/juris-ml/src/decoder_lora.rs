@@ -334,8 +334,8 @@ fn check_adapter(
 }
 
 /// Loads the decoder in `g` for inference with the PEFT adapter in `adapter_dir` (none:
-/// plain [`load_decoder`]). In [`WeightMode::F32`] the adapter is merged into the dense
-/// weights (no cost per token); in [`WeightMode::Quantized`] it is applied unmerged on top
+/// plain [`load_decoder`]). In [`WeightMode::F32`] (and [`WeightMode::Bf16`]) the adapter is
+/// merged into the dense weights (no cost per token); in [`WeightMode::Quantized`] it is applied unmerged on top
 /// of the quantized base (merging would need a re-quantization that loses the adapter's
 /// small update in the rounding).
 pub fn load_decoder_with_adapter(
@@ -356,7 +356,7 @@ pub fn load_decoder_with_adapter(
             continue;
         };
         match mode {
-            WeightMode::F32 => {
+            WeightMode::F32 | WeightMode::Bf16 => {
                 let delta = (pair.b.matmul(&pair.a)? * scale)?;
                 p.merge(&delta)?;
             }

@@ -261,6 +261,47 @@ mod tests {
         assert_eq!(run(true), run(false));
     }
 
+    /// In bf16 (the frozen base of mixed-precision training) the node's output is within two
+    /// roundings of the f32 node's on the same values (the product, then its bias) and its
+    /// input gradient, one product, within one: on the CPU exactly the f32 gradient rounded
+    /// (candle widens bf16 products to f32), on CUDA cuBLAS's bf16 GEMM accumulating in f32.
+    fn bf16_matches_f32(device: &Device) {
+        use crate::train_ops::bf16_check::{assert_rounded, assert_within, values};
+        let (ww, wn) = values(&[96, 64], 1, 0.3, device);
+        let (bw, bn) = values(&[96], 2, 0.5, device);
+        let (xw, xn) = values(&[5, 10, 64], 3, 1.0, device);
+        let (uw, un) = values(&[5, 10, 96], 4, 1.0, device);
+        let run = |w: &Tensor, b: &Tensor, x: &Tensor, u: &Tensor| {
+            let x = Var::from_tensor(x).unwrap();
+            let y = frozen_linear(x.as_tensor(), w, Some(b)).unwrap();
+            let grads = (&y * u).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, grads.get(x.as_tensor()).unwrap().clone())
+        };
+        let ((y, g), (yw, gw)) = (run(&wn, &bn, &xn, &un), run(&ww, &bw, &xw, &uw));
+        assert_within(&y, &yw, 2.0, 1.0, "output");
+        if device.is_cpu() {
+            assert_rounded(&g, &gw, "input gradient");
+        } else {
+            assert_within(&g, &gw, 1.0, 0.05, "input gradient");
+        }
+    }
+
+    #[test]
+    fn bf16_matches_f32_on_the_cpu() {
+        bf16_matches_f32(&Device::Cpu);
+    }
+
+    /// The same on CUDA. Built only with the `cuda` feature; passes without a GPU.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_bf16_matches_f32() {
+        let Ok(gpu) = Device::new_cuda(0) else {
+            eprintln!("skipped: no CUDA device");
+            return;
+        };
+        bf16_matches_f32(&gpu);
+    }
+
     /// A weight that is itself trained keeps its gradient (the composed form is used).
     #[test]
     fn a_trained_weight_still_gets_its_gradient() {

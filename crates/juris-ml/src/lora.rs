@@ -504,6 +504,11 @@ impl SplitMix64 {
 ///
 /// `Send + Sync` (the dropout seed sits behind a mutex) so that a decoder, which must
 /// be `Sync`, can hold it in an `Arc` and apply it from inside its layers.
+///
+/// The variables keep the dtype they were made in (f32 in retriever training, also under
+/// bf16 mixed precision: they are the master weights); a forward whose activations have
+/// another dtype uses copies of them in that dtype, through which the gradients flow back
+/// in the variables' dtype.
 pub struct LoraTrain {
     /// Config written with the adapter.
     pub config: LoraConfig,
@@ -674,7 +679,8 @@ impl LoraTrain {
                     scale: self.config.scale(),
                     dropout,
                 };
-                layer.forward(x, a.as_tensor(), b.as_tensor())
+                let (a, b) = (like(a.as_tensor(), x)?, like(b.as_tensor(), x)?);
+                layer.forward(x, &a, &b)
             }
             _ => {
                 let y = crate::frozen_linear::frozen_linear(x, weight, bias)?;
@@ -720,6 +726,7 @@ impl LoraTrain {
         } else {
             (a.as_tensor().detach(), b.as_tensor().detach())
         };
+        let (a, b) = (like(&a, &x2)?, like(&b, &x2)?);
         if self.config.is_full() {
             // x ΔWᵀ + Δb (`rows` reorders output features: also ΔW's rows and Δb).
             let (dw, db) = match b_rows {
@@ -736,10 +743,20 @@ impl LoraTrain {
         };
         // The scale multiplies the rank-r intermediate, not the [rows, out] result: one
         // tensor of width r instead of width out kept for backward.
-        let low = (x2.matmul(&a.t()?)? * self.config.scale())?.matmul(&b.t()?)?;
+        let low = crate::lora_linear::scale(&x2.matmul(&a.t()?)?, self.config.scale())?
+            .matmul(&b.t()?)?;
         let low = low.reshape(base_out.shape())?;
         Ok((base_out + low)?)
     }
+}
+
+/// An adapter variable as a forward over `x` uses it: the variable itself when `x` has its
+/// dtype, otherwise (mixed precision: f32 master weights, bf16 activations) its copy in
+/// `x`'s dtype, a graph node whose backward casts the gradient back to the variable's
+/// dtype, so the optimizer receives f32 gradients of the f32 masters, as under PyTorch's
+/// autocast.
+fn like(v: &Tensor, x: &Tensor) -> Result<Tensor> {
+    Ok(v.to_dtype(x.dtype())?)
 }
 
 #[cfg(test)]

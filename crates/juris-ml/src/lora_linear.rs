@@ -11,10 +11,14 @@
 //! The forward runs the composed form's storage operations in its order (so its output is
 //! the composed form's, bit for bit); the backward forms the same products candle's rules
 //! form for those nodes, in the same layouts.
+//!
+//! In bf16 (mixed-precision training: `x`, the frozen layer and the adapters' bf16 copies)
+//! every product is a bf16 tensor-core GEMM accumulating in f32, and the scale `α / r`
+//! multiplies in f32 when it is no bf16 value ([`scale`]).
 
 use candle_core::backend::BackendStorage;
 use candle_core::op::Add;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 use crate::error::Result;
 use crate::frozen_linear::{self, out_shape, rows_layout};
@@ -84,10 +88,38 @@ fn forward<S: BackendStorage>(
     }
     let t1 = d.matmul(a, (1, rows, r, inp), dl, &al.transpose(0, 1)?)?;
     let low_l = Layout::contiguous((rows, r));
-    let t2 = t1.affine(&low_l, scale, 0.0)?;
+    let t2 = scale_storage(&t1, &low_l, scale)?;
     let t3 = t2.matmul(b, (1, rows, out, r), &low_l, &bl.transpose(0, 1)?)?;
     let yl = Layout::contiguous(shape);
     y.binary_impl::<Add>(&t3, &yl, &yl)
+}
+
+/// Whether `v` is a bf16 value (so that candle's `affine`, which rounds its constant to the
+/// tensor's type, multiplies by `v` itself).
+fn exact_in_bf16(v: f64) -> bool {
+    half::bf16::from_f64(v).to_f64() == v
+}
+
+/// `t · scale` on a backend: candle's `affine(scale, 0)` (what `Tensor * f64` runs), except
+/// for bf16 `t` and a scale that is no bf16 value (`16 / 12` would become 1.3359, 0.2 % off
+/// every adapter update): then `t` is widened, multiplied in f32 and rounded once, as
+/// PyTorch multiplies a bf16 tensor by a Python float.
+fn scale_storage<S: BackendStorage>(t: &S, l: &Layout, scale: f64) -> candle_core::Result<S> {
+    if t.dtype() != DType::BF16 || exact_in_bf16(scale) {
+        return t.affine(l, scale, 0.0);
+    }
+    let wl = Layout::contiguous(l.shape());
+    t.to_dtype(l, DType::F32)?
+        .affine(&wl, scale, 0.0)?
+        .to_dtype(&wl, DType::BF16)
+}
+
+/// [`scale_storage`] on tensors: `t * scale` (the same op), with the bf16 exception.
+pub(crate) fn scale(t: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    if t.dtype() != DType::BF16 || exact_in_bf16(scale) {
+        return t * scale;
+    }
+    (t.to_dtype(DType::F32)? * scale)?.to_dtype(DType::BF16)
 }
 
 /// What the forward needs of a backend beyond candle's storage operations: its storage
@@ -211,8 +243,8 @@ impl CustomOp3 for Node {
             None => x2,
         };
         // The products candle's rules form for the composed nodes: t2 = (d Aᵀ)·s, y = t2 Bᵀ.
-        let t2 = (d.matmul(&a.t()?)? * self.scale)?;
-        let g_t1 = (g2.matmul(&b)? * self.scale)?;
+        let t2 = scale(&d.matmul(&a.t()?)?, self.scale)?;
+        let g_t1 = scale(&g2.matmul(&b)?, self.scale)?;
         let grad_b = t2.t()?.matmul(&g2)?.t()?;
         let grad_a = d.t()?.matmul(&g_t1)?.t()?;
         let g_d = g_t1.matmul(&a)?;
@@ -317,5 +349,109 @@ mod tests {
             return;
         };
         check(&gpu);
+    }
+
+    /// The node on bf16 inputs (frozen layer, input and adapters; scale 2, a bf16 value,
+    /// and 4/3, which is not) against the node on the same values in f32: output and the
+    /// three gradients within a chain of 4 bf16 roundings of the largest value (the base
+    /// product, its bias, the rank-r product, its scale, the up-projection and the sum each
+    /// round once; a gradient passes through at most 4 of them).
+    fn bf16_matches_f32(device: &Device) {
+        use crate::train_ops::bf16_check::{assert_within, values};
+        let (ww, wn) = values(&[24, 40], 1, 0.3, device);
+        let (bw, bn) = values(&[24], 2, 0.5, device);
+        let (xw, xn) = values(&[2, 7, 40], 3, 1.0, device);
+        let (aw, an) = values(&[4, 40], 4, 0.3, device);
+        let (b2w, b2n) = values(&[24, 4], 5, 0.3, device);
+        let (uw, un) = values(&[2, 7, 24], 6, 1.0, device);
+        for (scale, dropout) in [(2.0, Some((0.25, 3))), (4.0 / 3.0, None)] {
+            let run = |w: &Tensor, b: &Tensor, x: &Tensor, a: &Tensor, b2: &Tensor, u: &Tensor| {
+                let l = LoraLinear {
+                    weight: w,
+                    bias: Some(b),
+                    scale,
+                    dropout,
+                };
+                let (x, a, b2) = (
+                    Var::from_tensor(x).unwrap(),
+                    Var::from_tensor(a).unwrap(),
+                    Var::from_tensor(b2).unwrap(),
+                );
+                let y = l
+                    .forward(x.as_tensor(), a.as_tensor(), b2.as_tensor())
+                    .unwrap();
+                let grads = (&y * u).unwrap().sum_all().unwrap().backward().unwrap();
+                let g = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+                [y, g(&x), g(&a), g(&b2)]
+            };
+            let narrow = run(&wn, &bn, &xn, &an, &b2n, &un);
+            let wide = run(&ww, &bw, &xw, &aw, &b2w, &uw);
+            for (k, what) in ["output", "input gradient", "A gradient", "B gradient"]
+                .iter()
+                .enumerate()
+            {
+                assert_within(
+                    &narrow[k],
+                    &wide[k],
+                    4.0,
+                    1.0,
+                    &format!("{what}, scale {scale}"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_matches_f32_on_the_cpu() {
+        bf16_matches_f32(&Device::Cpu);
+    }
+
+    /// The same on CUDA (bf16 tensor-core products against f32 ones). Built only with the
+    /// `cuda` feature; passes without a GPU.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_bf16_matches_f32() {
+        let Ok(gpu) = Device::new_cuda(0) else {
+            eprintln!("skipped: no CUDA device");
+            return;
+        };
+        bf16_matches_f32(&gpu);
+    }
+
+    /// A bf16 tensor times a scale that is no bf16 value (4/3) is the f32 product rounded
+    /// once, not the product with the scale rounded to bf16 first (candle's affine, 0.2 %
+    /// off); a bf16 scale (2) and f32 tensors take candle's affine unchanged.
+    #[test]
+    fn a_bf16_scale_is_not_rounded() {
+        use crate::train_ops::bf16_check::{assert_rounded, values};
+        let (w, n) = values(&[64, 16], 9, 4.0, &Device::Cpu);
+        let exact = (&w * (4.0 / 3.0)).unwrap();
+        assert_rounded(&scale(&n, 4.0 / 3.0).unwrap(), &exact, "scale 4/3");
+        let naive = (&n * (4.0 / 3.0)).unwrap().to_dtype(DType::F32).unwrap();
+        let got = scale(&n, 4.0 / 3.0).unwrap().to_dtype(DType::F32).unwrap();
+        let differ = naive
+            .ne(&got)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            differ > 0.0,
+            "candle's affine rounded the scale to no effect here"
+        );
+        assert_rounded(&scale(&n, 2.0).unwrap(), &(&w * 2.0).unwrap(), "scale 2");
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&scale(&w, 4.0 / 3.0).unwrap()), bits(&exact));
     }
 }

@@ -182,6 +182,14 @@ impl Linear {
         // training graph the frozen weight gets no gradient (see `frozen_linear`).
         crate::frozen_linear::frozen_linear(x, &self.weight, self.bias.as_ref())
     }
+
+    /// The layer with its weight and bias in `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Linear {
+            weight: self.weight.to_dtype(dtype)?,
+            bias: self.bias.as_ref().map(|b| b.to_dtype(dtype)).transpose()?,
+        })
+    }
 }
 
 /// Layer normalization over the last dimension.
@@ -208,6 +216,15 @@ impl LayerNorm {
             weight: w.get(&format!("{prefix}.{wn}"), &[dim])?,
             bias: w.get(&format!("{prefix}.{bn}"), &[dim])?,
             eps: eps as f32,
+        })
+    }
+
+    /// The norm with its weight and bias in `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: self.weight.to_dtype(dtype)?,
+            bias: self.bias.to_dtype(dtype)?,
+            eps: self.eps,
         })
     }
 
@@ -249,6 +266,15 @@ impl Embedding {
             Embedding::Dense(t) => t.dims().first().copied().unwrap_or(0),
             Embedding::Q4Rows { rows, .. } => *rows,
         }
+    }
+
+    /// The table in `dtype` (a dense one converted; 4-bit rows stay 4-bit and are looked up
+    /// as f32, which the caller converts).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(match self {
+            Embedding::Dense(t) => Embedding::Dense(t.to_dtype(dtype)?),
+            q4 @ Embedding::Q4Rows { .. } => q4.clone(),
+        })
     }
 
     /// Rows of the table for `ids` (any shape of u32), giving `ids.shape + [dim]`.

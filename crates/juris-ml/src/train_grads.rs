@@ -8,6 +8,9 @@
 //! on the H100 at batch 32, ncu). Here each reads its inputs once and writes its output once:
 //! a loop over rows on the CPU, one CUDA kernel (`src/cuda/train_ops.cu`). The GELU slope
 //! uses the exact `1/√(2π)` (candle's rule rounds it to 0.398942).
+//!
+//! f32, f64 and bf16 (mixed-precision training: computed in f32 and rounded once per output,
+//! as the forwards of [`crate::train_ops`] are).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
@@ -15,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::train_ops::num_like::Float;
-use crate::train_ops::{contiguous, packed};
+use crate::train_ops::{contiguous, narrow, packed, widen};
 
 /// Which backward, with what it needs besides its two tensor inputs.
 #[derive(Clone)]
@@ -160,9 +163,20 @@ impl CustomOp2 for Grad {
                 let (a, g) = (contiguous(a, al, what)?, contiguous(g, gl, what)?);
                 CpuStorage::F64(self.cpu(a, g, n, w.as_deref()))
             }
+            (CpuStorage::BF16(a), CpuStorage::BF16(g)) => {
+                // The weight as the CUDA kernel reads it: in bf16.
+                let w = weight(DType::BF16)?
+                    .map(|w| w.to_dtype(DType::F32)?.to_vec1::<f32>())
+                    .transpose()?;
+                let (a, g) = (
+                    widen(contiguous(a, al, what)?),
+                    widen(contiguous(g, gl, what)?),
+                );
+                CpuStorage::BF16(narrow(self.cpu(&a, &g, n, w.as_deref())))
+            }
             _ => {
                 return Err(candle_core::Error::Msg(format!(
-                    "{what}: dtypes {:?} and {:?} (want both f32 or both f64)",
+                    "{what}: dtypes {:?} and {:?} (want both f32, f64 or bf16)",
                     a.dtype(),
                     g.dtype()
                 )))
@@ -321,5 +335,81 @@ mod tests {
                 assert!(err < tol, "{} {dtype:?}: {err}", op.what());
             }
         }
+    }
+
+    /// Each backward on bf16 inputs equals the f32 backward on the same values, rounded to
+    /// bf16: on the CPU bit for bit (the same f32 loop), on CUDA within one rounding
+    /// (`bf16_check::assert_within`, k = 1).
+    fn bf16_backwards_match_f32(device: &Device) {
+        use crate::train_ops::bf16_check::{assert_rounded, assert_within, values};
+        let shape = [4, 3, 130];
+        let (pw, pn) = values(&shape, 1, 1.0, device);
+        let (pw, pn) = (pw.abs().unwrap(), pn.abs().unwrap());
+        let (xw, xn) = values(&shape, 2, 3.0, device);
+        let (gw, gn) = values(&shape, 3, 1.0, device);
+        let (ww, wn) = values(&[130], 4, 1.0, device);
+        let ops = [
+            (
+                Grad::Softmax { scale: 0.3 },
+                Grad::Softmax { scale: 0.3 },
+                &pw,
+                &pn,
+            ),
+            (
+                Grad::Norm {
+                    w: ww.clone(),
+                    centred: true,
+                    eps: 1e-5,
+                },
+                Grad::Norm {
+                    w: wn.clone(),
+                    centred: true,
+                    eps: 1e-5,
+                },
+                &xw,
+                &xn,
+            ),
+            (
+                Grad::Norm {
+                    w: ww.clone(),
+                    centred: false,
+                    eps: 1e-6,
+                },
+                Grad::Norm {
+                    w: wn.clone(),
+                    centred: false,
+                    eps: 1e-6,
+                },
+                &xw,
+                &xn,
+            ),
+            (Grad::Gelu, Grad::Gelu, &xw, &xn),
+        ];
+        for (wide_op, narrow_op, aw, an) in ops {
+            let wide = wide_op.apply(aw, &gw).unwrap();
+            let narrow = narrow_op.apply(an, &gn).unwrap();
+            if device.is_cpu() {
+                assert_rounded(&narrow, &wide, wide_op.what());
+            } else {
+                assert_within(&narrow, &wide, 1.0, 0.0, wide_op.what());
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_backwards_match_f32_on_the_cpu() {
+        bf16_backwards_match_f32(&Device::Cpu);
+    }
+
+    /// The same with the CUDA kernels. Built only with the `cuda` feature; passes without a
+    /// GPU.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_bf16_backwards_match_f32() {
+        let Ok(gpu) = Device::new_cuda(0) else {
+            eprintln!("skipped: no CUDA device");
+            return;
+        };
+        bf16_backwards_match_f32(&gpu);
     }
 }

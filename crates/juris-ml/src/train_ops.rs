@@ -11,8 +11,15 @@
 //! less (measured on MiniLM: see `examples/train_step_memory.rs` in juris-train).
 //!
 //! Forwards run on the CPU as loops here and on CUDA as one kernel each
-//! (`src/cuda/train_ops.cu`: no input copy, one launch); backwards are composed of candle
-//! ops and so run anywhere.
+//! (`src/cuda/train_ops.cu`: no input copy, one launch); backwards are one op each
+//! ([`crate::train_grads`]), likewise.
+//!
+//! Element types: f32 and f64, and bf16 for mixed-precision training. bf16 is storage only:
+//! values are widened to f32, computed in f32 and rounded to bf16 once per output (on the
+//! CPU by widening the input, running the f32 loop and rounding its output; the CUDA
+//! kernels load, compute and store the same way). A softmax mask meets bf16 scores in f32
+//! ([`accumulate_dtype`]), so −∞ and −1e30 keep their meaning; norm weights and biases are
+//! read in bf16, as a bf16 model holds them. The f32 and f64 paths are unchanged by bf16.
 //!
 //! Dropout masks come from a counter-based stream: element `i` of a tensor dropped with seed
 //! `s` keeps or drops by the `i`-th output of SplitMix64 seeded with `s`, computed
@@ -22,6 +29,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
+use half::bf16;
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -53,7 +61,28 @@ pub fn sub_seed(seed: u64, name: &str) -> u64 {
 }
 
 fn unsupported(op: &str, dtype: DType) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{op}: dtype {dtype:?} is not supported (f32, f64)"))
+    candle_core::Error::Msg(format!(
+        "{op}: dtype {dtype:?} is not supported (f32, f64, bf16)"
+    ))
+}
+
+/// The type the fused ops compute in for tensors of `dtype`, and the type of what they read
+/// besides their tensor inputs (a softmax mask): f32 for bf16, the type itself otherwise.
+pub(crate) fn accumulate_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 => DType::F32,
+        other => other,
+    }
+}
+
+/// bf16 values widened to f32 (exact), for the CPU loops.
+pub(crate) fn widen(v: &[bf16]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+/// f32 results rounded to bf16 (to nearest even), once each.
+pub(crate) fn narrow(v: Vec<f32>) -> Vec<bf16> {
+    v.into_iter().map(bf16::from_f32).collect()
 }
 
 /// The contiguous slice a fused op reads (inputs are made contiguous by the wrappers).
@@ -149,6 +178,10 @@ impl CustomOp1 for Dropout {
             CpuStorage::F64(v) => {
                 CpuStorage::F64(self.apply(contiguous(v, l, "dropout")?, keep, 0.0))
             }
+            CpuStorage::BF16(v) => {
+                let wide = widen(contiguous(v, l, "dropout")?);
+                CpuStorage::BF16(narrow(self.apply(&wide, keep as f32, 0.0)))
+            }
             other => return Err(unsupported("dropout", other.dtype())),
         };
         Ok((out, l.shape().clone()))
@@ -178,12 +211,14 @@ impl CustomOp1 for Dropout {
 /// `softmax(scores · scale + mask)` over the last dimension, for `scores`
 /// `[batch, heads, q, k]` and an additive `mask` broadcastable to it (e.g. `[batch, 1, 1,
 /// k]` or `[batch, 1, q, k]`; −∞ or a large negative number hides a key). Differentiable in
-/// `scores` (the mask is a constant); keeps only `scores` and the probabilities.
+/// `scores` (the mask is a constant); keeps only `scores` and the probabilities. The mask is
+/// read in the scores' [`accumulate_dtype`] (f32 for bf16 scores: pass it in f32 to spare a
+/// conversion per call).
 pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let scores = packed(scores)?;
     let mask = mask
         .detach()
-        .to_dtype(scores.dtype())?
+        .to_dtype(accumulate_dtype(scores.dtype()))?
         .broadcast_as(scores.shape())?;
     Ok(scores.apply_op1(MaskedSoftmax { mask, scale })?)
 }
@@ -254,6 +289,10 @@ impl CustomOp1 for MaskedSoftmax {
             }
             (CpuStorage::F64(v), CpuStorage::F64(m)) => {
                 CpuStorage::F64(self.rows(contiguous(v, l, "softmax")?, m, ml, n))
+            }
+            (CpuStorage::BF16(v), CpuStorage::F32(m)) => {
+                let wide = widen(contiguous(v, l, "softmax")?);
+                CpuStorage::BF16(narrow(self.rows(&wide, m, ml, n)))
             }
             (other, _) => return Err(unsupported("masked softmax", other.dtype())),
         };
@@ -367,14 +406,25 @@ impl CustomOp1 for FrozenNorm {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let what = self.what();
+        // The weight and bias as f32 values, passing through `via` first (bf16: the values
+        // the CUDA kernel reads, which takes them in the activations' type).
+        let f32_params = |via: DType| -> candle_core::Result<(Vec<f32>, Option<Vec<f32>>)> {
+            let f32_of = |t: &Tensor| t.to_dtype(via)?.to_dtype(DType::F32)?.to_vec1::<f32>();
+            let b = match &self.b {
+                Some(b) => Some(f32_of(b)?),
+                None => None,
+            };
+            Ok((f32_of(&self.w)?, b))
+        };
         let out = match s {
             CpuStorage::F32(v) => {
-                let w = self.w.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                let b = match &self.b {
-                    Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-                    None => None,
-                };
+                let (w, b) = f32_params(DType::F32)?;
                 CpuStorage::F32(self.rows(contiguous(v, l, what)?, &w, b.as_deref()))
+            }
+            CpuStorage::BF16(v) => {
+                let (w, b) = f32_params(DType::BF16)?;
+                let wide = widen(contiguous(v, l, what)?);
+                CpuStorage::BF16(narrow(self.rows(&wide, &w, b.as_deref())))
             }
             CpuStorage::F64(v) => {
                 let w = self.w.to_dtype(DType::F64)?.to_vec1::<f64>()?;
@@ -413,6 +463,9 @@ impl CustomOp1 for FrozenNorm {
 
 /// Exact GELU, `0.5 x (1 + erf(x / √2))`, with candle's forward (the same storage op as
 /// `Tensor::gelu_erf`) and a backward of one op (`train_grads`) instead of candle's ten.
+/// bf16 on CUDA takes a kernel of ours that computes in f32 and rounds once (candle's bf16
+/// kernel rounds Φ(x) to bf16 before its bf16 product, two roundings); on the CPU candle's
+/// bf16 form already computes in f64 and rounds once.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     Ok(packed(x)?.apply_op1(GeluErf)?)
 }
@@ -442,7 +495,10 @@ impl CustomOp1 for GeluErf {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        gelu_forward(s, l)
+        match s.dtype() {
+            DType::BF16 => cuda::gelu_erf_bf16(s, l),
+            _ => gelu_forward(s, l),
+        }
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -500,7 +556,8 @@ pub(crate) mod num_like {
 }
 
 /// The CUDA forwards: one kernel each from `src/cuda/train_ops.cu` (PTX built by build.rs),
-/// reading the op's input in place and writing a fresh output.
+/// reading the op's input in place and writing a fresh output; each kernel exists for f32,
+/// f64 and bf16 (AdamW: f32 and f64), its scalar arguments in the type it computes in.
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda {
     use candle_core::backend::BackendStorage;
@@ -519,7 +576,7 @@ pub(crate) mod cuda {
         Err(candle_core::Error::Msg(msg))
     }
 
-    /// The name of kernel `base` for `T` (the `.cu` file instantiates each for f32 and f64).
+    /// The name of kernel `base` for `T` (the `.cu` file instantiates each per type).
     fn kernel<T: Float>(base: &str) -> String {
         format!("{base}_{}", T::SUFFIX)
     }
@@ -558,33 +615,50 @@ pub(crate) mod cuda {
         }
     }
 
-    /// Float types the kernels take, with their kernel-name suffix.
+    /// Element types the kernels take, with their kernel-name suffix and the type they
+    /// compute in (`Acc`: scalar arguments and softmax masks are passed in it).
     trait Float: CudaDType + DeviceRepr + Copy {
         const SUFFIX: &'static str;
         const DTYPE: DType;
-        fn from_f64(v: f64) -> Self;
+        type Acc: CudaDType + DeviceRepr + Copy;
+        /// A scalar argument in the type the kernel computes in.
+        fn acc(v: f64) -> Self::Acc;
     }
     impl Float for f32 {
         const SUFFIX: &'static str = "f32";
         const DTYPE: DType = DType::F32;
-        fn from_f64(v: f64) -> f32 {
+        type Acc = f32;
+        fn acc(v: f64) -> f32 {
             v as f32
         }
     }
     impl Float for f64 {
         const SUFFIX: &'static str = "f64";
         const DTYPE: DType = DType::F64;
-        fn from_f64(v: f64) -> f64 {
+        type Acc = f64;
+        fn acc(v: f64) -> f64 {
             v
         }
     }
+    impl Float for half::bf16 {
+        const SUFFIX: &'static str = "bf16";
+        const DTYPE: DType = DType::BF16;
+        type Acc = f32;
+        fn acc(v: f64) -> f32 {
+            v as f32
+        }
+    }
 
+    /// Calls `f::<T>(args)` for the element type `dtype` (f32, f64 or bf16).
     macro_rules! by_dtype {
         ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
             match $dtype {
                 DType::F32 => $f::<f32>($($arg),*),
                 DType::F64 => $f::<f64>($($arg),*),
-                other => bail(format!("dtype {other:?} is not supported on CUDA (f32, f64)")),
+                DType::BF16 => $f::<half::bf16>($($arg),*),
+                other => bail(format!(
+                    "dtype {other:?} is not supported on CUDA (f32, f64, bf16)"
+                )),
             }
         };
     }
@@ -615,7 +689,7 @@ pub(crate) mod cuda {
         let y = unsafe { dev.alloc::<T>(n.max(1)) }?;
         if n > 0 {
             let f = dev.get_or_load_custom_func(&kernel::<T>("juris_dropout"), MODULE, PTX)?;
-            let (n64, keep) = (n as u64, T::from_f64(1.0 / (1.0 - p)));
+            let (n64, keep) = (n as u64, T::acc(1.0 / (1.0 - p)));
             let mut b = f.builder();
             b.arg(&x)
                 .arg(&y)
@@ -623,6 +697,26 @@ pub(crate) mod cuda {
                 .arg(&seed)
                 .arg(&threshold)
                 .arg(&keep);
+            let cfg = LaunchConfig::for_num_elems(n.min(1 << 24) as u32);
+            // SAFETY: argument types and order match the kernel's signature.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok(output(dev, y, l))
+    }
+
+    /// Exact GELU of bf16 values, computed in f32 and rounded once (the GELU training
+    /// node's bf16 forward).
+    pub fn gelu_erf_bf16(s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s.device();
+        let x = view::<half::bf16>(s, l, "gelu")?;
+        let n = l.shape().elem_count();
+        // SAFETY: every element is written by the kernel below (n > 0) or there are none.
+        let y = unsafe { dev.alloc::<half::bf16>(n.max(1)) }?;
+        if n > 0 {
+            let f = dev.get_or_load_custom_func("juris_gelu_erf_bf16", MODULE, PTX)?;
+            let n64 = n as u64;
+            let mut b = f.builder();
+            b.arg(&x).arg(&y).arg(&n64);
             let cfg = LaunchConfig::for_num_elems(n.min(1 << 24) as u32);
             // SAFETY: argument types and order match the kernel's signature.
             unsafe { b.launch(cfg) }.w()?;
@@ -657,7 +751,7 @@ pub(crate) mod cuda {
         if dims.len() != 4 || l.dims() != dims {
             return bail("masked softmax: scores must be [batch, heads, q, k]".into());
         }
-        let m = mc.as_cuda_slice::<T>()?;
+        let m = mc.as_cuda_slice::<T::Acc>()?;
         let n = dims[3];
         let rows = l.shape().elem_count() / n.max(1);
         // SAFETY: the kernel writes every element of every row.
@@ -677,7 +771,7 @@ pub(crate) mod cuda {
                 st[3],
             ]
             .map(|v| v as u64);
-            let scale = T::from_f64(scale);
+            let scale = T::acc(scale);
             let mut b = f.builder();
             b.arg(&x)
                 .arg(m)
@@ -742,7 +836,7 @@ pub(crate) mod cuda {
         let y = unsafe { dev.alloc::<T>((rows * n).max(1)) }?;
         if rows * n > 0 {
             let f = dev.get_or_load_custom_func(&kernel::<T>("juris_frozen_norm"), MODULE, PTX)?;
-            let (rows64, n64, eps) = (rows as u64, n as u64, T::from_f64(eps));
+            let (rows64, n64, eps) = (rows as u64, n as u64, T::acc(eps));
             let mut bld = f.builder();
             bld.arg(&x)
                 .arg(&wv)
@@ -759,15 +853,19 @@ pub(crate) mod cuda {
     }
 
     /// One fused AdamW update (`crate::adamw`): `[3, n]` = new parameter, first and second
-    /// moments from the parameter, gradient and `[2, n]` state.
+    /// moments from the parameter, gradient and `[2, n]` state; f32 or f64 (master weights).
     pub fn adamw(
         args: [(&CudaStorage, &Layout); 3],
         step: &crate::adamw::AdamWStep,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        by_dtype!(args[0].0.dtype(), adamw_t(args, step))
+        match args[0].0.dtype() {
+            DType::F32 => adamw_t::<f32>(args, step),
+            DType::F64 => adamw_t::<f64>(args, step),
+            other => bail(format!("adamw: dtype {other:?} on CUDA (want f32 or f64)")),
+        }
     }
 
-    fn adamw_t<T: Float>(
+    fn adamw_t<T: Float<Acc = T>>(
         [(p, pl), (g, gl), (st, sl)]: [(&CudaStorage, &Layout); 3],
         step: &crate::adamw::AdamWStep,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
@@ -782,7 +880,7 @@ pub(crate) mod cuda {
         let y = unsafe { dev.alloc::<T>((3 * n).max(1)) }?;
         if n > 0 {
             let f = dev.get_or_load_custom_func(&kernel::<T>("juris_adamw"), MODULE, PTX)?;
-            let c = step.consts(T::from_f64);
+            let c = step.consts(T::acc);
             let (n64, scaled) = (n as u64, i32::from(c.scaled));
             let mut b = f.builder();
             b.arg(&pv).arg(&gv).arg(&sv).arg(&y).arg(&n64).arg(&scaled);
@@ -836,7 +934,7 @@ pub(crate) mod cuda {
             Grad::Softmax { scale } => {
                 let f =
                     dev.get_or_load_custom_func(&kernel::<T>("juris_softmax_grad"), MODULE, PTX)?;
-                let scale = T::from_f64(*scale);
+                let scale = T::acc(*scale);
                 let mut b = f.builder();
                 b.arg(&av)
                     .arg(&gv)
@@ -862,7 +960,7 @@ pub(crate) mod cuda {
                 let wv = view::<T>(wc, wl, "norm weight")?;
                 let f =
                     dev.get_or_load_custom_func(&kernel::<T>("juris_norm_grad"), MODULE, PTX)?;
-                let (centred, eps) = (i32::from(*centred), T::from_f64(*eps));
+                let (centred, eps) = (i32::from(*centred), T::acc(*eps));
                 let mut b = f.builder();
                 b.arg(&av).arg(&gv).arg(&wv).arg(&y).arg(&rows64).arg(&n64);
                 b.arg(&centred).arg(&eps);
@@ -880,6 +978,85 @@ pub(crate) mod cuda {
             }
         }
         Ok(output(dev, y, al))
+    }
+}
+
+/// What the bf16 tests of the fused ops share: bf16-representable inputs and the
+/// tolerance of a bf16 result against the f32 op's.
+///
+/// The tolerance: bf16 keeps 8 significant bits, so rounding to nearest moves a value by at
+/// most `U = 2⁻⁸` of its magnitude. An op that widens bf16 inputs to f32, computes in f32 and
+/// rounds each output once gives, on the same (bf16-representable) inputs, the f32 op's
+/// result rounded: on the CPU exactly that (the same f32 loop), on CUDA that within the f32
+/// kernels' own reordering (~1e-6 relative). A chain of `k` roundings (a bf16 intermediate
+/// feeding the next product) stays within about `k·U` of the largest value involved.
+#[cfg(test)]
+pub(crate) mod bf16_check {
+    use candle_core::{DType, Device, Tensor};
+
+    /// bf16's unit roundoff, 2⁻⁸.
+    pub const U: f64 = 1.0 / 256.0;
+
+    /// Values in `[-scale, scale)` rounded to bf16, as an f32 tensor and a bf16 tensor with
+    /// the same values, on `device`.
+    pub fn values(shape: &[usize], seed: u64, scale: f64, device: &Device) -> (Tensor, Tensor) {
+        let mut rng = crate::lora::SplitMix64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| half::bf16::from_f64((rng.next_f64() * 2.0 - 1.0) * scale).to_f32())
+            .collect();
+        let wide = Tensor::from_vec(v, shape, device).unwrap();
+        let narrow = wide.to_dtype(DType::BF16).unwrap();
+        (wide, narrow)
+    }
+
+    fn host(t: &Tensor) -> Vec<f32> {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// `narrow` is bf16 and holds `wide` rounded to bf16, bit for bit.
+    pub fn assert_rounded(narrow: &Tensor, wide: &Tensor, what: &str) {
+        assert_eq!(narrow.dtype(), DType::BF16, "{what}: dtype");
+        let want: Vec<u16> = host(wide)
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
+        let got: Vec<u16> = host(narrow)
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
+        let bad = want.iter().zip(&got).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            bad,
+            0,
+            "{what}: {bad} of {} values are not the f32 result rounded",
+            want.len()
+        );
+    }
+
+    /// `narrow` is bf16 and every value is within `k·U·|wide|` of `wide`'s, plus `k·U` of
+    /// the largest `|wide|` times `floor` (a small share for values that cancel to near
+    /// zero in a composite) and 1e-6 of it (f32 reordering).
+    pub fn assert_within(narrow: &Tensor, wide: &Tensor, k: f64, floor: f64, what: &str) {
+        assert_eq!(narrow.dtype(), DType::BF16, "{what}: dtype");
+        let (a, b) = (host(narrow), host(wide));
+        assert_eq!(a.len(), b.len(), "{what}: sizes");
+        let top = b.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+        for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
+            let (x, y) = (x as f64, y as f64);
+            let tol = k * U * (y.abs() + floor * top) + 1e-6 * top;
+            assert!(
+                (x - y).abs() <= tol,
+                "{what}[{i}]: bf16 {x} vs f32 {y} (tolerance {tol:.3e})"
+            );
+        }
     }
 }
 
@@ -1097,6 +1274,157 @@ mod tests {
                 close(&yg, &yc, tol * 10.0);
                 close(&gg, &gc, tol * 10.0);
             }
+        }
+    }
+
+    /// The bf16 forwards of dropout, masked softmax (key and causal masks), LayerNorm,
+    /// RMSNorm and GELU on bf16 inputs equal the f32 forwards' results rounded to bf16 (on
+    /// the CPU bit for bit; on CUDA within [`bf16_check::assert_within`] with `k = 1`), and
+    /// the gradients through them arrive in bf16 with the same relation, except the
+    /// softmax's, whose backward reads the (rounded) probabilities: 3 roundings.
+    fn bf16_forwards_match_f32(device: &Device) {
+        use super::bf16_check::{assert_rounded, assert_within, values};
+        let exact = device.is_cpu();
+        let same = |narrow: &Tensor, wide: &Tensor, what: &str| {
+            if exact {
+                assert_rounded(narrow, wide, what)
+            } else {
+                assert_within(narrow, wide, 1.0, 0.0, what)
+            }
+        };
+        // One forward of `f` at bf16 and at f32 with the same inputs; the loss is Σ y ⊙ w
+        // (w bf16-representable, so both backwards start from the same gradient).
+        let run = |shape: &[usize], seed: u64, f: &dyn Fn(&Tensor) -> Tensor| {
+            let (xw, xn) = values(shape, seed, 2.0, device);
+            let (ww, wn) = values(shape, seed + 100, 1.0, device);
+            let mut out = Vec::new();
+            for (x, w) in [(xn, wn), (xw, ww)] {
+                let v = Var::from_tensor(&x).unwrap();
+                let y = f(v.as_tensor());
+                let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                out.push((y, g.get(v.as_tensor()).unwrap().clone()));
+            }
+            let (wide, narrow) = (out.pop().unwrap(), out.pop().unwrap());
+            (narrow, wide)
+        };
+        let shape = [3, 5, 70];
+        let ((y, g), (yw, gw)) = run(&shape, 1, &|x| dropout(x, 0.3, 11).unwrap());
+        same(&y, &yw, "dropout");
+        same(&g, &gw, "dropout gradient");
+        let ((y, g), (yw, gw)) = run(&shape, 2, &|x| gelu_erf(x).unwrap());
+        // The CPU's bf16 GELU is candle's (computed in f64), its f32 one in f32.
+        assert_within(&y, &yw, 1.0, 0.0, "gelu");
+        same(&g, &gw, "gelu gradient");
+        let (n, wseed) = (70, 7);
+        let (lw, ln) = values(&[n], wseed, 1.0, device);
+        let (bw, bn) = values(&[n], wseed + 1, 0.5, device);
+        for centred in [true, false] {
+            let norm = |x: &Tensor| {
+                let (w, b) = if x.dtype() == DType::BF16 {
+                    (&ln, &bn)
+                } else {
+                    (&lw, &bw)
+                };
+                if centred {
+                    layer_norm(x, w, b, 1e-5).unwrap()
+                } else {
+                    rms_norm(x, w, 1e-6).unwrap()
+                }
+            };
+            let ((y, g), (yw, gw)) = run(&shape, 3, &norm);
+            same(&y, &yw, &format!("norm (centred {centred})"));
+            same(&g, &gw, &format!("norm gradient (centred {centred})"));
+        }
+        let (b, h, q, k) = (2, 3, 5, 37);
+        let keys: Vec<f32> = (0..b * k)
+            .map(|i| {
+                if i % k > 30 - i / k {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let causal: Vec<f32> = (0..b * q * k)
+            .map(|i| if i % k > (i / k) % q + 20 { -1e30 } else { 0.0 })
+            .collect();
+        for (mask, mshape) in [(keys, vec![b, 1, 1, k]), (causal, vec![b, 1, q, k])] {
+            let mask = Tensor::from_vec(mask, mshape, device).unwrap();
+            let ((y, g), (yw, gw)) = run(&[b, h, q, k], 4, &|x| {
+                masked_softmax(x, &mask, 0.125).unwrap()
+            });
+            same(&y, &yw, "masked softmax");
+            // Σ g ⊙ p moves with every rounded probability, by up to U·max|g|: an error
+            // of the row, not of the element, hence the floor of max|gradient|.
+            assert_within(&g, &gw, 3.0, 1.0, "masked softmax gradient");
+        }
+    }
+
+    #[test]
+    fn bf16_forwards_match_f32_on_the_cpu() {
+        bf16_forwards_match_f32(&Device::Cpu);
+    }
+
+    /// The same on CUDA: the bf16 kernels against the f32 kernels. Built only with the
+    /// `cuda` feature; says so and passes without a GPU.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_bf16_forwards_match_f32() {
+        let Ok(gpu) = Device::new_cuda(0) else {
+            eprintln!("skipped: no CUDA device");
+            return;
+        };
+        bf16_forwards_match_f32(&gpu);
+    }
+
+    /// The CUDA bf16 kernels give the CPU's bf16 results (each the f32 result rounded, so
+    /// at most one bf16 step apart where the f32 values straddle a rounding boundary).
+    /// Built only with the `cuda` feature; passes without a GPU.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_bf16_forwards_equal_the_cpu_ones() {
+        use super::bf16_check::{assert_within, values};
+        let Ok(gpu) = Device::new_cuda(0) else {
+            eprintln!("skipped: no CUDA device");
+            return;
+        };
+        let (_, x) = values(&[4, 3, 9, 130], 21, 3.0, &Device::Cpu);
+        let (_, w) = values(&[130], 22, 1.0, &Device::Cpu);
+        let (_, bias) = values(&[130], 23, 1.0, &Device::Cpu);
+        let keys: Vec<f32> = (0..4 * 130)
+            .map(|i| {
+                if i % 130 > 100 {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(keys, (4, 1, 1, 130), &Device::Cpu).unwrap();
+        type Op<'a> = Box<dyn Fn(&Tensor, &Device) -> Tensor + 'a>;
+        let ops: [(&str, Op); 5] = [
+            ("dropout", Box::new(|x, _| dropout(x, 0.2, 5).unwrap())),
+            ("gelu", Box::new(|x, _| gelu_erf(x).unwrap())),
+            (
+                "layer norm",
+                Box::new(|x, d| {
+                    let on = |t: &Tensor| t.to_device(d).unwrap();
+                    layer_norm(x, &on(&w), &on(&bias), 1e-5).unwrap()
+                }),
+            ),
+            (
+                "rms norm",
+                Box::new(|x, d| rms_norm(x, &w.to_device(d).unwrap(), 1e-6).unwrap()),
+            ),
+            (
+                "masked softmax",
+                Box::new(|x, d| masked_softmax(x, &mask.to_device(d).unwrap(), 0.3).unwrap()),
+            ),
+        ];
+        for (what, op) in ops {
+            let cpu = op(&x, &Device::Cpu);
+            let cuda = op(&x.to_device(&gpu).unwrap(), &gpu);
+            assert_within(&cuda, &cpu.to_dtype(DType::F32).unwrap(), 2.0, 0.0, what);
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use candle_core::{DType, Var};
 use juris_ml::lora::{LoraConfig, LoraTrain, SplitMix64, BERT_LORA_TARGETS};
+use juris_ml::models::decoder_layers::WeightMode;
 use juris_ml::EncoderOptions;
 use juris_train::retrieval_model::{BertRetrieval, DecoderRetrieval, RetrievalModel};
 use juris_train::step_profile::StepProfile;
@@ -45,7 +46,10 @@ fn main() {
     let m: Box<dyn RetrievalModel> = if model.ends_with(".gguf") {
         let lcfg = LoraConfig::new(16, 32.0, 0.05, juris_ml::DECODER_LORA_TARGETS, &model);
         let path = std::path::Path::new(&model);
-        Box::new(DecoderRetrieval::new(path, lcfg, 1, &candle_core::Device::Cpu).unwrap())
+        Box::new(
+            DecoderRetrieval::new(path, lcfg, 1, WeightMode::F32, &candle_core::Device::Cpu)
+                .unwrap(),
+        )
     } else {
         let opts = EncoderOptions {
             max_len: tokens,
@@ -56,7 +60,7 @@ fn main() {
         let modules = BertRetrieval::modules(&enc, &lcfg, &model).unwrap();
         let lora =
             LoraTrain::init(lcfg, &modules, 1, DType::F32, &candle_core::Device::Cpu).unwrap();
-        Box::new(BertRetrieval { enc: &enc, lora })
+        Box::new(BertRetrieval::new(&enc, lora))
     };
     let mut rng = SplitMix64(5);
     let mut text = |words: usize| -> String {

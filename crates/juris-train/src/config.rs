@@ -24,6 +24,11 @@ pub struct TrainConfig {
     /// Phases run in order (`[[phase]]` tables), each with its own negatives.
     #[serde(rename = "phase")]
     pub phases: Vec<PhaseConfig>,
+    /// The file the config was read from ([`TrainConfig::load`] / [`TrainConfig::parse`]),
+    /// so that errors found later (a precision the device cannot run) name it. Not a key
+    /// of the file and not part of the config's digest.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 /// `[model]`.
@@ -151,10 +156,53 @@ pub struct OptimConfig {
     /// as without it; it may change between a run and its resume.
     #[serde(default, skip_serializing_if = "is_false")]
     pub gradient_checkpointing: bool,
+    /// Numeric precision of training: `"f32"` (default) or `"bf16"` (mixed precision, CUDA
+    /// only; see [`Precision`]).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 fn is_false(b: &bool) -> bool {
     !b
+}
+
+/// `[train] precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Weights, activations, gradients and optimizer state in f32.
+    #[default]
+    F32,
+    /// bf16 mixed precision, as PyTorch's autocast / PEFT on a bf16 base: the frozen base
+    /// weights and the activations are bf16 (tensor-core products, half the activation
+    /// memory), while the trained weights (LoRA `A`/`B`, full-fine-tuning updates) keep f32
+    /// master copies and f32 AdamW moments; the forward uses bf16 copies of them, their
+    /// gradients arrive in f32 before clipping and the update, and the pooled embeddings,
+    /// similarities and loss are computed in f32. Adapters and checkpoints are saved in f32
+    /// as in an f32 run. CUDA only (`--device cuda`).
+    Bf16,
+}
+
+impl Precision {
+    fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// The type of the frozen base weights and the activations.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    /// The value as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// Where a phase's negatives come from.
@@ -283,9 +331,28 @@ impl TrainConfig {
 
     /// Parses and checks TOML `text`; `path` names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let cfg: TrainConfig = parse_toml(text, path)?;
+        let mut cfg: TrainConfig = parse_toml(text, path)?;
         cfg.check(path)?;
+        cfg.file = Some(path.to_path_buf());
         Ok(cfg)
+    }
+
+    /// Whether the config can run on a device (`cuda`: a CUDA device, else the CPU):
+    /// `[train] precision = "bf16"` needs CUDA. The error names the file and the key.
+    pub fn check_device(&self, cuda: bool) -> Result<()> {
+        if self.train.precision == Precision::Bf16 && !cuda {
+            return Err(TrainError::Config {
+                path: self
+                    .file
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("the training config")),
+                what: "key 'train.precision': \"bf16\" needs --device cuda (bf16 mixed \
+                       precision runs on CUDA only); on the CPU use precision = \"f32\" or \
+                       leave the key out"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     fn check(&self, path: &Path) -> Result<()> {
@@ -369,7 +436,9 @@ impl TrainConfig {
     }
 
     /// A digest of the settings that decide the training trajectory (everything but
-    /// `max_steps` and `gradient_checkpointing`), stored in checkpoints so that a resume with another config is refused.
+    /// `max_steps` and `gradient_checkpointing`; `precision` only when it is not the default
+    /// f32, so that checkpoints of f32 runs written before the key existed still resume),
+    /// stored in checkpoints so that a resume with another config is refused.
     pub fn trajectory_digest(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut c = self.clone();
@@ -438,5 +507,70 @@ negatives = "bm25"
             .unwrap_err()
             .to_string();
         assert!(e.contains("magic"), "{e}");
+    }
+
+    #[test]
+    fn precision_is_f32_unless_bf16_is_asked_for() {
+        let c = TrainConfig::parse(OK, Path::new("c.toml")).unwrap();
+        assert_eq!(c.train.precision, Precision::F32);
+        let text = OK.replace("[train]\n", "[train]\nprecision = \"bf16\"\n");
+        let c = TrainConfig::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.train.precision, Precision::Bf16);
+        assert_eq!(c.train.precision.dtype(), candle_core::DType::BF16);
+        let text = OK.replace("[train]\n", "[train]\nprecision = \"f32\"\n");
+        let c = TrainConfig::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.train.precision, Precision::F32);
+    }
+
+    #[test]
+    fn an_unknown_precision_names_the_file_key_and_choices() {
+        for bad in ["\"fp16\"", "\"BF16\"", "16"] {
+            let text = OK.replace("[train]\n", &format!("[train]\nprecision = {bad}\n"));
+            let e = TrainConfig::parse(&text, Path::new("conf/p.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("conf/p.toml") && e.contains("precision"),
+                "{bad}: {e}"
+            );
+            if bad.starts_with('"') {
+                assert!(e.contains("f32") && e.contains("bf16"), "{bad}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_needs_cuda_and_the_error_names_file_and_key() {
+        let text = OK.replace("[train]\n", "[train]\nprecision = \"bf16\"\n");
+        let c = TrainConfig::parse(&text, Path::new("conf/b.toml")).unwrap();
+        let e = c.check_device(false).unwrap_err().to_string();
+        assert!(
+            e.starts_with("conf/b.toml: ")
+                && e.contains("train.precision")
+                && e.contains("--device cuda"),
+            "{e}"
+        );
+        assert!(c.check_device(true).is_ok());
+        let f32 = TrainConfig::parse(OK, Path::new("conf/b.toml")).unwrap();
+        assert!(f32.check_device(false).is_ok() && f32.check_device(true).is_ok());
+    }
+
+    /// An f32 config digests as before the key existed (its checkpoints still resume), with
+    /// or without `precision = "f32"`; bf16 changes the trajectory, so the digest; the file
+    /// a config was read from does not.
+    #[test]
+    fn precision_enters_the_digest_only_when_bf16() {
+        let plain = TrainConfig::parse(OK, Path::new("a.toml")).unwrap();
+        let text = OK.replace("[train]\n", "[train]\nprecision = \"f32\"\n");
+        let explicit = TrainConfig::parse(&text, Path::new("b.toml")).unwrap();
+        assert_eq!(plain.trajectory_digest(), explicit.trajectory_digest());
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !json.contains("precision") && !json.contains("a.toml"),
+            "{json}"
+        );
+        let text = OK.replace("[train]\n", "[train]\nprecision = \"bf16\"\n");
+        let bf16 = TrainConfig::parse(&text, Path::new("a.toml")).unwrap();
+        assert_ne!(plain.trajectory_digest(), bf16.trajectory_digest());
     }
 }

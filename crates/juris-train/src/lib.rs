@@ -13,7 +13,8 @@
 //!   chat data ([`chat_data`], [`sft_config`]), with the loss on assistant tokens only, a
 //!   dev loss, the best adapter kept, and merged GGUF exports.
 //!
-//! Code is device-generic (candle); CUDA comes with the `cuda` feature.
+//! Code is device-generic (candle); CUDA comes with the `cuda` feature, and with it bf16
+//! mixed-precision retriever training (`[train] precision = "bf16"`, [`config::Precision`]).
 #![deny(missing_docs)]
 
 pub mod chat_data;
@@ -31,7 +32,7 @@ pub mod sft_config;
 pub mod step_profile;
 pub mod trainer;
 
-pub use config::{NegativeSource, PhaseConfig, TrainConfig};
+pub use config::{NegativeSource, PhaseConfig, Precision, TrainConfig};
 pub use error::{Result, TrainError};
 pub use sft_config::SftConfig;
 pub use trainer::{

@@ -11,6 +11,10 @@
 //!   inside the decoder's projections ([`TrainableDecoder`]). Inputs are built by the same
 //!   functions `juris embed` uses ([`pooling_input_ids`], [`right_padded`]), so a trained
 //!   adapter embeds the same way at search time.
+//!
+//! Both run in f32 or, for `[train] precision = "bf16"`, on a bf16 base (a bf16 copy of the
+//! encoder's transformer; a decoder loaded in [`WeightMode::Bf16`]) with the adapter's f32
+//! variables; either way the embeddings they return are f32.
 
 use std::path::Path;
 
@@ -18,7 +22,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use juris_ml::decoder_lora::TrainableDecoder;
 use juris_ml::grad_checkpoint::{self, BlockPass};
 use juris_ml::lora::{LoraConfig, LoraTrain};
-use juris_ml::models::bert::BertEncoder;
+use juris_ml::models::bert::{BertEncoder, BertModel};
 use juris_ml::models::decoder::{pooling_input_ids, pooling_token_count, right_padded};
 use juris_ml::models::decoder_layers::WeightMode;
 use juris_ml::TextRole;
@@ -81,13 +85,25 @@ pub trait RetrievalModel {
 
 /// A BERT-family encoder and the adapter trained on it.
 pub struct BertRetrieval<'a> {
-    /// The encoder (frozen base).
+    /// The encoder: tokenizer, pooling (and its own transformer).
     pub enc: &'a BertEncoder,
+    /// The transformer training runs (frozen base): the encoder's own, or a copy of it in
+    /// another precision (bf16 for mixed-precision training).
+    pub model: &'a BertModel,
     /// The adapter.
     pub lora: LoraTrain,
 }
 
-impl BertRetrieval<'_> {
+impl<'a> BertRetrieval<'a> {
+    /// Training `lora` on the encoder's own transformer.
+    pub fn new(enc: &'a BertEncoder, lora: LoraTrain) -> Self {
+        BertRetrieval {
+            enc,
+            model: enc.model(),
+            lora,
+        }
+    }
+
     /// Module paths with their (in, out) sizes that `config` adapts; an error naming the
     /// model's layer names when none match.
     pub fn modules(
@@ -118,10 +134,10 @@ impl RetrievalModel for BertRetrieval<'_> {
         &self.lora
     }
     fn hidden_size(&self) -> usize {
-        self.enc.model().config().hidden_size
+        self.model.config().hidden_size
     }
     fn device(&self) -> &Device {
-        self.enc.model().device()
+        self.model.device()
     }
     fn token_count(&self, text: &str, role: TextRole) -> Result<usize> {
         Ok(juris_ml::Encoder::token_count(self.enc, text, role)?)
@@ -133,10 +149,7 @@ impl RetrievalModel for BertRetrieval<'_> {
         max_len: usize,
     ) -> Result<TrainPass<'a>> {
         let (ids, lens, seq) = self.enc.batch_ids(texts, role, max_len)?;
-        let blocks = self
-            .enc
-            .model()
-            .train_pass(&ids, &lens, seq, Some(&self.lora))?;
+        let blocks = self.model.train_pass(&ids, &lens, seq, Some(&self.lora))?;
         let pool_lens = lens.clone();
         Ok(TrainPass {
             blocks: Box::new(blocks),
@@ -154,21 +167,33 @@ pub struct DecoderRetrieval {
 }
 
 impl DecoderRetrieval {
-    /// Loads `gguf` with f32 (dequantized) base weights and a fresh adapter from `config`
-    /// seeded by `seed`.
-    pub fn new(gguf: &Path, config: LoraConfig, seed: u64, device: &Device) -> Result<Self> {
+    /// Loads `gguf` with dense base weights in `base` ([`WeightMode::F32`], or
+    /// [`WeightMode::Bf16`] for mixed-precision training) and a fresh adapter from `config`
+    /// seeded by `seed` (its variables f32 either way).
+    pub fn new(
+        gguf: &Path,
+        config: LoraConfig,
+        seed: u64,
+        base: WeightMode,
+        device: &Device,
+    ) -> Result<Self> {
         // TrainableDecoder writes task_type CAUSAL_LM; PEFT applies it to the base
         // transformer's modules the same way as a FEATURE_EXTRACTION adapter.
         Self::wrap(
-            TrainableDecoder::new(gguf, WeightMode::F32, config, seed, device)?,
+            TrainableDecoder::new(gguf, base, config, seed, device)?,
             gguf,
         )
     }
 
-    /// Loads `gguf` (f32 base) with the adapter saved in `adapter_dir`.
-    pub fn from_adapter(gguf: &Path, adapter_dir: &Path, device: &Device) -> Result<Self> {
+    /// Loads `gguf` (dense base in `base`) with the adapter saved in `adapter_dir`.
+    pub fn from_adapter(
+        gguf: &Path,
+        adapter_dir: &Path,
+        base: WeightMode,
+        device: &Device,
+    ) -> Result<Self> {
         Self::wrap(
-            TrainableDecoder::with_adapter(gguf, WeightMode::F32, adapter_dir, device)?,
+            TrainableDecoder::with_adapter(gguf, base, adapter_dir, device)?,
             gguf,
         )
     }

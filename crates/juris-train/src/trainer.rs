@@ -29,11 +29,12 @@ use juris_index::Progress;
 use juris_ml::grad_checkpoint;
 use juris_ml::lora::{LoraAdapter, LoraConfig, LoraTrain, SplitMix64};
 use juris_ml::models::bert::BertEncoder;
+use juris_ml::models::decoder_layers::WeightMode;
 use juris_ml::{DeviceChoice, EncoderOptions, TextRole};
 use serde_json::json;
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::{NegativeSource, PhaseConfig, TrainConfig};
+use crate::config::{NegativeSource, PhaseConfig, Precision, TrainConfig};
 use crate::data::{Dataset, Split};
 use crate::error::{io, Result, TrainError};
 use crate::loss::info_nce;
@@ -159,9 +160,15 @@ pub fn train(
     progress: &dyn Progress,
     note: &dyn Fn(&str),
 ) -> Result<TrainOutcome> {
+    // Before any model is loaded: bf16 on the CPU is refused at once.
+    cfg.check_device(matches!(opts.device, DeviceChoice::Cuda(_)))?;
     let path = juris_ml::presets::resolve_model(&cfg.model.path)?;
     if juris_ml::presets::detect_format(&path)? == juris_ml::presets::ModelFormat::Gguf {
         let device = juris_ml::nn::device_for(opts.device)?;
+        let base = match cfg.train.precision {
+            Precision::F32 => WeightMode::F32,
+            Precision::Bf16 => WeightMode::Bf16,
+        };
         let model = match &cfg.lora.init {
             Some(dir) => {
                 check_init(
@@ -170,12 +177,13 @@ pub fn train(
                     dir,
                 )?;
                 note(&format!("starting from the adapter in {}", dir.display()));
-                DecoderRetrieval::from_adapter(&path, dir, &device)?
+                DecoderRetrieval::from_adapter(&path, dir, base, &device)?
             }
             None => DecoderRetrieval::new(
                 &path,
                 lora_config(cfg),
                 mix(&[cfg.train.seed, SALT_INIT]),
+                base,
                 &device,
             )?,
         };
@@ -186,7 +194,11 @@ pub fn train(
         batch_size: cfg.train.eval_batch_size,
         device: opts.device,
     };
-    let enc = juris_ml::load_bert_encoder(&cfg.model.path, &enc_opts)?;
+    let mut enc = juris_ml::load_bert_encoder(&cfg.model.path, &enc_opts)?;
+    if cfg.train.precision == Precision::Bf16 {
+        // In place, so that no f32 copy of the base stays on the device beside the bf16 one.
+        enc.cast_weights(DType::BF16)?;
+    }
     train_with(cfg, &enc, opts, progress, note)
 }
 
@@ -206,7 +218,9 @@ fn lora_config(cfg: &TrainConfig) -> LoraConfig {
 }
 
 /// [`train`] with a BERT-family encoder already loaded (tests use a tiny random one);
-/// `[model] path` is then only recorded in the adapter's config.
+/// `[model] path` is then only recorded in the adapter's config. With `[train] precision
+/// = "bf16"` training runs on a bf16 copy of the encoder's transformer unless its weights
+/// are bf16 already ([`BertEncoder::cast_weights`]).
 pub fn train_with(
     cfg: &TrainConfig,
     enc: &BertEncoder,
@@ -214,6 +228,14 @@ pub fn train_with(
     progress: &dyn Progress,
     note: &dyn Fn(&str),
 ) -> Result<TrainOutcome> {
+    check_precision(cfg, enc.model().device())?;
+    let cast;
+    let base = if cfg.train.precision == Precision::Bf16 && enc.model().dtype() != DType::BF16 {
+        cast = enc.model().to_dtype(DType::BF16)?;
+        &cast
+    } else {
+        enc.model()
+    };
     let lora_cfg = lora_config(cfg);
     let modules = BertRetrieval::modules(enc, &lora_cfg, &cfg.model.path)?;
     let lora = match &cfg.lora.init {
@@ -235,6 +257,7 @@ pub fn train_with(
             note(&format!("starting from the adapter in {}", dir.display()));
             LoraTrain::from_adapter(&adapter, DType::F32)?
         }
+        // The adapter's variables are f32 in every precision (the master weights).
         None => LoraTrain::init(
             lora_cfg,
             &modules,
@@ -243,7 +266,17 @@ pub fn train_with(
             enc.model().device(),
         )?,
     };
-    train_model(cfg, &BertRetrieval { enc, lora }, opts, progress, note)
+    let model = BertRetrieval {
+        enc,
+        model: base,
+        lora,
+    };
+    train_model(cfg, &model, opts, progress, note)
+}
+
+/// `[train] precision` must be one the model's device runs (bf16: CUDA only).
+fn check_precision(cfg: &TrainConfig, device: &Device) -> Result<()> {
+    cfg.check_device(device.is_cuda())
 }
 
 /// `[lora] init` must hold the adapter `[lora]` describes: the same rank, scale, dropout and
@@ -287,8 +320,15 @@ pub fn train_model(
     note: &dyn Fn(&str),
 ) -> Result<TrainOutcome> {
     let t = &cfg.train;
+    check_precision(cfg, model.device())?;
     let out = t.out.clone();
     std::fs::create_dir_all(&out).map_err(io(&out))?;
+    if t.precision == Precision::Bf16 {
+        note(
+            "bf16 mixed precision: base weights and activations in bf16; adapter weights, \
+             their gradients, AdamW state, embeddings and loss in f32",
+        );
+    }
     let ds = Dataset::load(&cfg.data.dir)?;
     let train_split = ds.split(&cfg.data.train_split)?;
     let dev = match &cfg.data.eval_split {

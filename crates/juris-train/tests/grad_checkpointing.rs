@@ -86,7 +86,7 @@ fn checkpointed_gradients_equal_plain_ones_with_dropout() {
         b.set(&Tensor::from_vec(v, b.as_tensor().shape(), &Device::Cpu).unwrap())
             .unwrap();
     }
-    let model = BertRetrieval { enc: &enc, lora };
+    let model = BertRetrieval::new(&enc, lora);
     let (loss_plain, plain) = grads(&model, false, 9);
     let (loss_ckpt, ckpt) = grads(&model, true, 9);
     assert!(

@@ -314,6 +314,7 @@ fn decoder_retriever_trains_and_embeds_as_search_does() {
     let trained = juris_train::retrieval_model::DecoderRetrieval::from_adapter(
         &gguf,
         &adapter,
+        juris_ml::models::decoder_layers::WeightMode::F32,
         &candle_core::Device::Cpu,
     )
     .unwrap();

@@ -100,6 +100,8 @@ fn train_retriever(a: RetrieverArgs, bar: &Bar) -> Result<()> {
         device: crate::cli::parse_device(&a.device)?,
         stop_after_steps: None,
     };
+    // `precision = "bf16"` on the CPU: the config's own error (file and key), before loading.
+    cfg.check_device(matches!(opts.device, juris_ml::DeviceChoice::Cuda(_)))?;
     let started = std::time::Instant::now();
     let note = |s: &str| eprintln!("{s}");
     let outcome = juris_train::train(&cfg, &opts, bar, &note)

@@ -341,6 +341,48 @@ impl BertModel {
         &self.device
     }
 
+    /// The type of the weights and of the activations computed from them.
+    pub fn dtype(&self) -> DType {
+        self.token_type.dtype()
+    }
+
+    /// The model with its float weights in `dtype` (mixed-precision training keeps a bf16
+    /// copy of the frozen base): matrices, biases, norms and a dense embedding table are
+    /// converted; a 4-bit table stays 4-bit (its looked-up rows are converted in the
+    /// forward). The fused CPU path exists for f32 weights on the CPU only, as at load.
+    pub fn to_dtype(&self, dtype: DType) -> Result<BertModel> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let mut layer = Layer {
+                q: l.q.to_dtype(dtype)?,
+                k: l.k.to_dtype(dtype)?,
+                v: l.v.to_dtype(dtype)?,
+                attn_out: l.attn_out.to_dtype(dtype)?,
+                attn_ln: l.attn_ln.to_dtype(dtype)?,
+                ff_in: l.ff_in.to_dtype(dtype)?,
+                ff_out: l.ff_out.to_dtype(dtype)?,
+                out_ln: l.out_ln.to_dtype(dtype)?,
+                fast: None,
+            };
+            if self.device.is_cpu() && dtype == DType::F32 {
+                layer.fast = Some(FastLayer::new(&layer)?);
+            }
+            layers.push(layer);
+        }
+        Ok(BertModel {
+            word: self.word.to_dtype(dtype)?,
+            position: self.position.to_dtype(dtype)?,
+            token_type: self.token_type.to_dtype(dtype)?,
+            emb_ln: self.emb_ln.to_dtype(dtype)?,
+            layers,
+            act: self.act,
+            heads: self.heads,
+            first_position: self.first_position,
+            config: self.config.clone(),
+            device: self.device.clone(),
+        })
+    }
+
     /// Every linear layer with its module path as the HF base model names it
     /// (`encoder.layer.{i}.attention.self.query`, …), its input and output width.
     pub fn linears(&self) -> Vec<(String, usize, usize)> {
@@ -430,7 +472,8 @@ impl BertModel {
                 *v = f32::NEG_INFINITY;
             }
         }
-        let dtype = self.token_type.dtype();
+        // In the type the fused softmax reads masks in (f32 for bf16 weights).
+        let dtype = train_ops::accumulate_dtype(self.dtype());
         Ok(BertTrainPass {
             model: self,
             lora,
@@ -679,7 +722,8 @@ pub struct BertTrainPass<'a> {
     model: &'a BertModel,
     lora: Option<&'a LoraTrain>,
     ids: Tensor,
-    /// Additive key mask `[batch, 1, 1, seq]` (−∞ on padding).
+    /// Additive key mask `[batch, 1, 1, seq]` (−∞ on padding), in the softmax's
+    /// accumulation type.
     mask: Tensor,
     b: usize,
     seq: usize,
@@ -1365,11 +1409,13 @@ impl BertEncoder {
     }
 
     /// The pooled, L2-normalized embeddings `[batch, hidden]` of final hidden states from
-    /// the training forward (differentiable).
+    /// the training forward (differentiable). bf16 states are widened to f32 first, so that
+    /// pooling, the norm and everything after them (similarities, the loss) are f32.
     pub fn pool_train(&self, hidden: &Tensor, lens: &[usize], seq: usize) -> Result<Tensor> {
         let w = self.parts.pooling.weights(lens, seq).ok_or_else(|| {
             MlError::Unsupported("training with max pooling is not supported".into())
         })?;
+        let hidden = &hidden.to_dtype(train_ops::accumulate_dtype(hidden.dtype()))?;
         let w =
             Tensor::from_vec(w, (lens.len(), 1, seq), hidden.device())?.to_dtype(hidden.dtype())?;
         let pooled = w.matmul(hidden)?.squeeze(1)?;
@@ -1390,6 +1436,18 @@ impl BertEncoder {
     /// Token limit per text.
     pub fn max_len(&self) -> usize {
         self.parts.max_len
+    }
+
+    /// Converts the model's float weights to `dtype` in place ([`BertModel::to_dtype`]; e.g.
+    /// bf16 for mixed-precision training, without keeping the f32 copy). The fingerprint
+    /// names the type, since vectors computed in another precision differ.
+    pub fn cast_weights(&mut self, dtype: DType) -> Result<()> {
+        if self.model.dtype() == dtype {
+            return Ok(());
+        }
+        self.model = self.model.to_dtype(dtype)?;
+        self.fingerprint = format!("{}:dtype={}", self.fingerprint, dtype.as_str());
+        Ok(())
     }
 
     /// Merges the PEFT LoRA adapter in `dir` into the weights (see

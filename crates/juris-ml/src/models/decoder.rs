@@ -47,7 +47,8 @@ pub trait DecoderLm: Send + Sync + std::fmt::Debug {
     }
     /// Where the weights live.
     fn device(&self) -> &Device;
-    /// Hidden states after the final norm, `[batch, seq, hidden]` f32, for token ids
+    /// Hidden states after the final norm, `[batch, seq, hidden]` in the activations' type
+    /// (f32; bf16 for a model loaded in [`WeightMode::Bf16`]), for token ids
     /// `[batch, seq]` (u32) and an attention mask `[batch, seq]` (1 real, 0 padding; left or
     /// right padding).
     fn forward_hidden(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor>;

@@ -48,16 +48,32 @@ pub enum WeightMode {
     /// less memory and faster on CPU, slightly different numbers (activations are
     /// quantized to 8 bits inside the kernel).
     Quantized,
+    /// Dequantized and rounded to bf16 at load time, the activations bf16 too: the frozen
+    /// base of mixed-precision training on CUDA (tensor-core products, half the memory of
+    /// f32). Norm weights are stored in f32 and read in bf16, as a bf16 Hugging Face model
+    /// holds them; the fused norm and softmax compute in f32.
+    Bf16,
 }
 
-/// A bias-optional linear layer `y = x W^T + b` whose weight is dense f32 or quantized.
+impl WeightMode {
+    /// The type of dense weights and of the activations in this mode.
+    pub fn dense_dtype(self) -> DType {
+        match self {
+            WeightMode::Bf16 => DType::BF16,
+            WeightMode::F32 | WeightMode::Quantized => DType::F32,
+        }
+    }
+}
+
+/// A bias-optional linear layer `y = x W^T + b` whose weight is dense (f32, or bf16 in
+/// [`WeightMode::Bf16`]) or quantized.
 #[derive(Debug, Clone)]
 pub enum DecoderLinear {
     /// Dense weight `[out, in]`.
     Dense {
         /// Weight `[out, in]`.
         weight: Tensor,
-        /// Optional bias `[out]`.
+        /// Optional bias `[out]`, in the weight's type.
         bias: Option<Tensor>,
     },
     /// Quantized weight as stored in the GGUF file.
@@ -86,8 +102,12 @@ impl DecoderLinear {
             None
         };
         match mode {
-            WeightMode::F32 => {
-                let weight = g.tensor_f32_shaped(&wname, &out_in, device)?;
+            WeightMode::F32 | WeightMode::Bf16 => {
+                let dtype = mode.dense_dtype();
+                let weight = g
+                    .tensor_f32_shaped(&wname, &out_in, device)?
+                    .to_dtype(dtype)?;
+                let bias = bias.map(|b| b.to_dtype(dtype)).transpose()?;
                 Ok(DecoderLinear::Dense { weight, bias })
             }
             WeightMode::Quantized => {
@@ -346,9 +366,9 @@ impl Projection {
         Ok(())
     }
 
-    /// Adds `delta` (`[out, in]`, Hugging Face row order) to a dense weight; fails on a
-    /// quantized one (merging would need re-quantization: attach it with
-    /// [`Projection::set_frozen`] instead).
+    /// Adds `delta` (`[out, in]`, Hugging Face row order) to a dense weight (in f32, then
+    /// rounded to the weight's type); fails on a quantized one (merging would need
+    /// re-quantization: attach it with [`Projection::set_frozen`] instead).
     pub fn merge(&mut self, delta: &Tensor) -> Result<()> {
         let dev = self.device();
         let mut delta = delta.to_device(&dev)?.to_dtype(DType::F32)?;
@@ -365,7 +385,8 @@ impl Projection {
                         weight.dims()
                     )));
                 }
-                *weight = (&*weight + delta)?;
+                let dtype = weight.dtype();
+                *weight = (weight.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?;
                 Ok(())
             }
             DecoderLinear::Quantized { .. } => Err(MlError::Unsupported(format!(
@@ -468,19 +489,29 @@ pub struct TokenEmbedding {
     dense: Option<Tensor>,
     vocab: usize,
     hidden: usize,
+    /// Type of the looked-up rows (the activations'): f32, or bf16 in [`WeightMode::Bf16`].
+    dtype: DType,
 }
 
 impl TokenEmbedding {
-    /// Loads `token_embd.weight` (`[vocab, hidden]`). Float tables are dequantized at once;
-    /// quantized ones stay quantized and rows are dequantized on lookup (exactly the values
-    /// a full dequantization would give).
-    pub fn load(g: &GgufFile, vocab: usize, hidden: usize, device: &Device) -> Result<Self> {
+    /// Loads `token_embd.weight` (`[vocab, hidden]`). Float tables are dequantized at once
+    /// (to bf16 in [`WeightMode::Bf16`], f32 otherwise); quantized ones stay quantized and
+    /// rows are dequantized on lookup (exactly the values a full dequantization would
+    /// give).
+    pub fn load(
+        g: &GgufFile,
+        vocab: usize,
+        hidden: usize,
+        mode: WeightMode,
+        device: &Device,
+    ) -> Result<Self> {
         let name = "token_embd.weight";
         g.expect_shape(name, &[vocab, hidden])?;
         let q = g.qtensor(name, device)?;
+        let dtype = mode.dense_dtype();
         let dense = match q.dtype() {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                Some(q.dequantize(device)?.to_dtype(DType::F32)?)
+                Some(q.dequantize(device)?.to_dtype(dtype)?)
             }
             _ => None,
         };
@@ -489,6 +520,7 @@ impl TokenEmbedding {
             dense,
             vocab,
             hidden,
+            dtype,
         })
     }
 
@@ -497,8 +529,9 @@ impl TokenEmbedding {
         self.vocab
     }
 
-    /// Looks up `ids` (`[batch, seq]`, u32), giving `[batch, seq, hidden]` f32; fails on an
-    /// id outside the table.
+    /// Looks up `ids` (`[batch, seq]`, u32), giving `[batch, seq, hidden]` in the
+    /// activations' type (f32; bf16 in [`WeightMode::Bf16`]); fails on an id outside the
+    /// table.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
@@ -514,7 +547,7 @@ impl TokenEmbedding {
         }
         let rows = match &self.dense {
             Some(t) => t.index_select(&flat, 0)?,
-            None => self.table.embedding(&flat)?.to_dtype(DType::F32)?,
+            None => self.table.embedding(&flat)?.to_dtype(self.dtype)?,
         };
         Ok(rows.reshape((b, s, self.hidden))?)
     }
@@ -526,8 +559,11 @@ impl TokenEmbedding {
                 weight: t.clone(),
                 bias: None,
             },
-            (None, WeightMode::F32) => DecoderLinear::Dense {
-                weight: self.table.dequantize(&self.table.device())?,
+            (None, WeightMode::F32 | WeightMode::Bf16) => DecoderLinear::Dense {
+                weight: self
+                    .table
+                    .dequantize(&self.table.device())?
+                    .to_dtype(mode.dense_dtype())?,
                 bias: None,
             },
             (None, WeightMode::Quantized) => DecoderLinear::Quantized {
@@ -561,8 +597,9 @@ impl RmsNorm {
     /// a few activations in the next quantized matmul (measured on SmolLM2's first layer).
     /// Training keeps the f32 form (no f64 copies of every activation).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.track_op() {
-            // One graph node instead of five full-size intermediates kept for backward.
+        if x.track_op() || x.dtype() == DType::BF16 {
+            // One graph node instead of five full-size intermediates kept for backward; bf16
+            // (evaluation in mixed-precision training) also takes it, as it computes in f32.
             return crate::train_ops::rms_norm(x, &self.weight, self.eps);
         }
         if x.device().is_cpu() && x.dtype() == DType::F32 {
@@ -729,10 +766,11 @@ impl Rope {
         let inv = Tensor::from_slice(&self.inv_freq, (1, 1, half), x.device())?;
         let pos =
             (positions.to_dtype(DType::F32)? / self.linear_factor as f64)?.reshape((b, s, 1))?;
-        // Angles in f32 like the references (HF computes inv_freq @ positions in f32).
+        // Angles in f32 like the references (HF computes inv_freq @ positions in f32), then
+        // cos and sin in the activations' type (HF casts them to bf16 the same way).
         let angles = pos.broadcast_mul(&inv)?;
-        let cos = angles.cos()?.contiguous()?;
-        let sin = angles.sin()?.contiguous()?;
+        let cos = angles.cos()?.to_dtype(x.dtype())?.contiguous()?;
+        let sin = angles.sin()?.to_dtype(x.dtype())?.contiguous()?;
         let rot_dim = 2 * half;
         let (head, rest) = if rot_dim < hd {
             (
@@ -869,9 +907,11 @@ pub fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
 /// Scaled dot-product attention with an additive `bias` `[b, 1, s, s]`:
 /// `softmax(q k^T * scale + bias) v`, on `[b, heads, s, d]` inputs.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: &Tensor) -> Result<Tensor> {
-    if q.track_op() || k.track_op() {
+    if q.track_op() || k.track_op() || q.dtype() == DType::BF16 {
         // Training: one graph node for scale, mask and softmax (keeps the raw scores and the
-        // probabilities only, not the four intermediates of the composed form).
+        // probabilities only, not the four intermediates of the composed form). bf16
+        // scores (mixed precision, also when evaluating) take it too: it reads the f32 mask
+        // and computes in f32.
         let probs = crate::train_ops::masked_softmax(&q.matmul(&k.t()?)?, bias, scale)?;
         return Ok(probs.matmul(v)?);
     }

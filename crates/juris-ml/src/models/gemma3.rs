@@ -123,7 +123,7 @@ impl Gemma3Model {
     pub fn load(g: &GgufFile, mode: WeightMode, device: &Device) -> Result<Self> {
         let cfg = Gemma3Config::from_gguf(g)?;
         let (h, hd) = (cfg.dims.hidden, cfg.heads.head_dim);
-        let embed = TokenEmbedding::load(g, cfg.dims.vocab, h, device)?;
+        let embed = TokenEmbedding::load(g, cfg.dims.vocab, h, mode, device)?;
         let scale = 1.0 / cfg.query_pre_attn_scalar.sqrt();
         let mut blocks = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
@@ -283,7 +283,8 @@ struct Gemma3Pass<'a> {
 
 impl BlockPass for Gemma3Pass<'_> {
     fn stem(&self) -> Result<Tensor> {
-        // Gemma scales the embedding by sqrt(hidden), rounded to the activation dtype (f32).
+        // Gemma scales the embedding by sqrt(hidden), rounded to the activation dtype (f32;
+        // bf16 in mixed precision, as Hugging Face's bf16 Gemma rounds it).
         let scale = (self.model.cfg.dims.hidden as f32).sqrt();
         Ok((self.model.embed.forward(&self.ids)? * scale as f64)?)
     }

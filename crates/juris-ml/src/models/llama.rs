@@ -101,7 +101,7 @@ impl LlamaModel {
     /// Loads every tensor of a Llama-family model described by `cfg`.
     pub fn load(g: &GgufFile, cfg: LlamaConfig, mode: WeightMode, device: &Device) -> Result<Self> {
         let h = cfg.dims.hidden;
-        let embed = TokenEmbedding::load(g, cfg.dims.vocab, h, device)?;
+        let embed = TokenEmbedding::load(g, cfg.dims.vocab, h, mode, device)?;
         let scale = 1.0 / (cfg.heads.head_dim as f64).sqrt();
         let qk_norm = cfg.qk_norm.then_some(cfg.eps);
         let mut blocks = Vec::with_capacity(cfg.layers);

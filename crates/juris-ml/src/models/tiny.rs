@@ -19,6 +19,16 @@ pub const TINY_HIDDEN: usize = 32;
 /// The tiny encoder with weights drawn from `seed`, its tensors in `dtype` (f64 for
 /// finite-difference checks: that model takes the reference path, not the fused f32 one).
 pub fn tiny_random_encoder(seed: u64, dtype: DType, pooling: Pooling) -> Result<BertEncoder> {
+    tiny_random_encoder_on(seed, dtype, pooling, &Device::Cpu)
+}
+
+/// [`tiny_random_encoder`] with its weights on `device` (the same values on every device).
+pub fn tiny_random_encoder_on(
+    seed: u64,
+    dtype: DType,
+    pooling: Pooling,
+    device: &Device,
+) -> Result<BertEncoder> {
     // <s> </s> <pad> <unk> ▁ then ▁a..▁z and a..z.
     let mut pieces: Vec<Vec<u8>> = ["<s>", "</s>", "<pad>", "<unk>", "▁"]
         .iter()
@@ -44,7 +54,7 @@ pub fn tiny_random_encoder(seed: u64, dtype: DType, pooling: Pooling) -> Result<
     ))
     .map_err(|e| crate::MlError::Unsupported(format!("tiny config: {e}")))?;
     let mut rng = SplitMix64(seed);
-    let dev = Device::Cpu;
+    let dev = device.clone();
     let mut w = Weights::new(Path::new("tiny-random"), &dev);
     let mut put = |name: String, shape: &[usize], scale: f64, fill: Option<f64>| -> Result<()> {
         let n: usize = shape.iter().product();
