@@ -26,8 +26,7 @@
 //! times occurrences in the query); those whose summed bounds cannot lift a document above
 //! the current k-th score are non-essential (plus, measured to pay off, one more list is
 //! kept essential). Documents are enumerated window by window (4,096 documents) from the
-//! essential lists, whose postings are scattered into a window accumulator (untouched =
-//! `-0.0`, found 16 at a time by vector compares); each
+//! essential lists, whose postings are scattered into a window accumulator and bitset; each
 //! candidate whose bound still exceeds the k-th score probes the non-essential lists (linear
 //! scan, then galloping search) in decreasing bound order while the bound allows entry.
 //! Bounds carry a small relative slack, and every fully evaluated document's score is summed
@@ -336,38 +335,6 @@ fn block_max(block: &[f32; 16]) -> f32 {
         a
     } else {
         b
-    }
-}
-
-/// One bit per entry of `vals` that is at least `floor` and not the untouched mark `-0.0`
-/// (bit j for entry j). On x86-64 four SSE compares and `movmsk`s: written lane by lane the
-/// compiler built the mask one bit at a time (~10 % of a scifact × 97 query's instructions).
-#[inline(always)]
-fn touched_at_least(vals: &[f32; 16], floor: f32) -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::*;
-        // SAFETY: SSE2 is part of x86-64; the loads read 4 of the 16 values each.
-        unsafe {
-            let f = _mm_set1_ps(floor);
-            let mark = _mm_set1_epi32(NEG_ZERO as i32);
-            let mut pass = 0u32;
-            for (q, quad) in vals.as_chunks::<4>().0.iter().enumerate() {
-                let v = _mm_loadu_ps(quad.as_ptr());
-                let untouched = _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_castps_si128(v), mark));
-                let ok = _mm_andnot_ps(untouched, _mm_cmpge_ps(v, f));
-                pass |= (_mm_movemask_ps(ok) as u32) << (4 * q);
-            }
-            pass
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let mut pass = 0u32;
-        for (j, &v) in vals.iter().enumerate() {
-            pass |= u32::from(v >= floor && v.to_bits() != NEG_ZERO) << j;
-        }
-        pass
     }
 }
 
@@ -810,29 +777,6 @@ impl Index {
     }
 
     fn maxscore(&self, q: &[QTerm], absent: f32, k: usize) -> Result<Vec<Hit>, IndexError> {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { self.maxscore_avx2(q, absent, k) };
-        }
-        self.maxscore_body(q, absent, k)
-    }
-
-    /// [`Index::maxscore`] compiled for AVX2: the window's candidate tests run 8 lanes wide
-    /// and its bitmask is one `movmsk` (the release build targets baseline x86-64).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,bmi1")]
-    unsafe fn maxscore_avx2(
-        &self,
-        q: &[QTerm],
-        absent: f32,
-        k: usize,
-    ) -> Result<Vec<Hit>, IndexError> {
-        self.maxscore_body(q, absent, k)
-    }
-
-    #[inline(always)]
-    fn maxscore_body(&self, q: &[QTerm], absent: f32, k: usize) -> Result<Vec<Hit>, IndexError> {
         struct Cur<'a> {
             docs: &'a [u32],
             imps: &'a [f32],
@@ -874,13 +818,9 @@ impl Index {
         // Terms 0..first_ess are non-essential: their bounds sum to at most the threshold.
         let mut min_ess = 0usize;
         let mut threshold = f64::NEG_INFINITY;
-        // The window's partial sums, `-0.0` where untouched (no sum of impacts is `-0.0`, as in
-        // [`Index::exhaustive_scan`]): the scatter is one add per posting (no bitset of
-        // touched documents), and candidates are found 16 at a time by comparing against the
-        // threshold. A fixed-size array indexed through `off & (WINDOW - 1)` has no bounds
-        // checks. f32 sums: they only decide which documents to evaluate, with the slack
-        // below (the evaluated score is summed exactly as the exhaustive paths sum it).
-        let mut wacc: Box<[f32; WINDOW]> = Box::new([-0.0f32; WINDOW]);
+        // Fixed-size arrays: an offset checked against WINDOW indexes them without bounds checks.
+        let mut wacc: Box<[f64; WINDOW]> = Box::new([0f64; WINDOW]);
+        let mut mask: Box<[u64; WINDOW / 64]> = Box::new([0u64; WINDOW / 64]);
         loop {
             // Next window: starts at the smallest current document of an essential list.
             let mut w0 = u32::MAX;
@@ -901,64 +841,41 @@ impl Index {
             if u64::from(w0) >= n_docs {
                 return Err(self.corrupt_doc(w0));
             }
-            // Scatter the essential lists' postings of the window (bounds only: any order). The
-            // window's end in each list is found first by binary search, so the loop itself
-            // has no end test (callgrind on scifact × 97: ~10 → ~5 instructions a posting).
-            let w_end = u64::from(w0) + WINDOW as u64;
+            // Scatter the essential lists' postings of the window (bounds only: any order).
             for (i, c) in curs.iter_mut().enumerate().skip(first_ess) {
                 fpos[i] = c.pos;
                 let w = c.w;
                 let docs = c.docs.get(c.pos..).unwrap_or_default();
-                let taken = docs.partition_point(|&d| u64::from(d) < w_end);
-                let imps = c.imps.get(c.pos..c.pos + taken).unwrap_or_default();
-                if w == 1.0 {
-                    for (&d, &im) in docs[..taken].iter().zip(imps) {
-                        wacc[d.wrapping_sub(w0) as usize & (WINDOW - 1)] += im;
+                let imps = c.imps.get(c.pos..).unwrap_or_default();
+                // One test per posting: `off` is below WINDOW exactly for w0 ≤ d < w0 + WINDOW
+                // (a document below w0 wraps around to a huge offset). ~26 → ~10 instructions
+                // per posting (callgrind).
+                let mut taken = 0usize;
+                for (&d, &im) in docs.iter().zip(imps) {
+                    let off = d.wrapping_sub(w0) as usize;
+                    if off >= WINDOW {
+                        break;
                     }
-                } else {
-                    for (&d, &im) in docs[..taken].iter().zip(imps) {
-                        wacc[d.wrapping_sub(w0) as usize & (WINDOW - 1)] += w * im;
-                    }
+                    wacc[off] += f64::from(w * im);
+                    mask[off >> 6] |= 1u64 << (off & 63);
+                    taken += 1;
                 }
-                // Lists ascend, so the window's postings are all ≥ w0 (the smallest head)
-                // and the next one is past the window: anything else is a corrupt list.
-                let bad = docs[..taken].first().filter(|&&d| d < w0);
-                if let Some(&d) = bad.or(docs.get(taken).filter(|&&d| u64::from(d) < w_end)) {
+                // d ≥ w0 because w0 is the minimum and lists ascend: a list that does not
+                // ascend is corrupt.
+                if let Some(&d) = docs.get(taken).filter(|&&d| d < w0) {
                     return Err(self.corrupt_doc(d));
                 }
                 c.pos += taken;
             }
             let noness_bound = prefix[first_ess];
-            // Entries whose partial sum is below this cannot enter (the f64 test below, moved
-            // to f32 and lowered by one step so that the conversion cannot round it up).
-            let floor_of = |threshold: f64| {
-                let t = threshold - base - noness_bound - slack;
-                if t.is_finite() {
-                    let t32 = t as f32;
-                    if f64::from(t32) > t {
-                        t32.next_down()
-                    } else {
-                        t32
-                    }
-                } else {
-                    f32::NEG_INFINITY
-                }
-            };
-            let mut floor = floor_of(threshold);
-            for (chunk_i, chunk) in wacc.as_chunks_mut::<16>().0.iter_mut().enumerate() {
-                if !chunk.iter().fold(false, |a, &v| a | (v >= floor)) {
-                    *chunk = [-0.0; 16];
-                    continue;
-                }
-                let vals = std::mem::replace(chunk, [-0.0; 16]);
-                // One bit per touched entry at or above the floor; only those are visited.
-                let mut pass = touched_at_least(&vals, floor);
-                while pass != 0 {
-                    let j = pass.trailing_zeros() as usize;
-                    pass &= pass - 1;
-                    let v = vals[j];
-                    let off = chunk_i * 16 + j;
-                    let partial = f64::from(v);
+            for (word_i, slot) in mask.iter_mut().enumerate() {
+                let mut word = std::mem::take(slot);
+                while word != 0 {
+                    let bit = word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    let off = word_i * 64 + bit;
+                    let partial = wacc[off];
+                    wacc[off] = 0.0;
                     if base + partial + noness_bound + slack <= threshold {
                         continue;
                     }
@@ -1008,7 +925,6 @@ impl Index {
                     if top.push(absent + s, d) {
                         if let Some(th) = top.threshold() {
                             threshold = f64::from(th);
-                            floor = floor_of(threshold);
                         }
                     }
                 }
