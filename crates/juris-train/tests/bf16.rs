@@ -256,7 +256,7 @@ fn cuda_bf16_training_follows_f32_and_resumes_exactly() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    write_dataset(&data);
+    common::write_dataset(&data);
     let enc = tiny_random_encoder_on(21, DType::F32, Pooling::Mean, &gpu).unwrap();
     let run = |name: &str, extra: &str, stops: &[Option<u64>]| {
         let out = tmp.path().join(name);
@@ -314,43 +314,4 @@ fn cuda_bf16_training_follows_f32_and_resumes_exactly() {
         recs
     };
     assert_eq!(strip(&parts), strip(&narrow));
-}
-
-/// 32 passages of random "words"; each query is three words of its passage. Queries 0..24
-/// are train, 24..32 dev (the dataset of `train_tiny.rs`).
-#[cfg(feature = "cuda")]
-fn write_dataset(dir: &Path) {
-    let mut rng = SplitMix64(2024);
-    let mut word = || -> String {
-        let n = 2 + rng.below(3);
-        (0..n)
-            .map(|_| (b'a' + rng.below(26) as u8) as char)
-            .collect()
-    };
-    let mut corpus = String::new();
-    let mut queries = String::new();
-    let mut train = String::from("query-id\tcorpus-id\tscore\n");
-    let mut dev = train.clone();
-    for i in 0..32 {
-        let words: Vec<String> = (0..6).map(|_| word()).collect();
-        corpus.push_str(&format!(
-            "{{\"_id\":\"d{i}\",\"title\":\"\",\"text\":\"{}\"}}\n",
-            words.join(" ")
-        ));
-        queries.push_str(&format!(
-            "{{\"_id\":\"q{i}\",\"text\":\"{} {} {}\"}}\n",
-            words[0], words[2], words[4]
-        ));
-        let line = format!("q{i}\td{i}\t1\n");
-        if i < 24 {
-            train.push_str(&line);
-        } else {
-            dev.push_str(&line);
-        }
-    }
-    std::fs::create_dir_all(dir.join("qrels")).unwrap();
-    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
-    std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
-    std::fs::write(dir.join("qrels/train.tsv"), train).unwrap();
-    std::fs::write(dir.join("qrels/dev.tsv"), dev).unwrap();
 }

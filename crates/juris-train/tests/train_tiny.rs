@@ -2,52 +2,17 @@
 //! seconds): the loss falls, and a run stopped part-way and resumed ends with exactly the
 //! adapter and metrics log of an uninterrupted run.
 
+mod common;
+
 use std::path::Path;
+
+use common::write_dataset;
 
 use candle_core::DType;
 use juris_index::NoProgress;
-use juris_ml::lora::SplitMix64;
 use juris_ml::models::bert::Pooling;
 use juris_ml::models::tiny::tiny_random_encoder;
 use juris_train::{train_with, TrainConfig, TrainOptions};
-
-/// 32 passages of random "words"; each query is three words of its passage. Queries 0..24
-/// are train, 24..32 dev.
-fn write_dataset(dir: &Path) {
-    let mut rng = SplitMix64(2024);
-    let mut word = || -> String {
-        let n = 2 + rng.below(3);
-        (0..n)
-            .map(|_| (b'a' + rng.below(26) as u8) as char)
-            .collect()
-    };
-    let mut corpus = String::new();
-    let mut queries = String::new();
-    let mut train = String::from("query-id\tcorpus-id\tscore\n");
-    let mut dev = train.clone();
-    for i in 0..32 {
-        let words: Vec<String> = (0..6).map(|_| word()).collect();
-        corpus.push_str(&format!(
-            "{{\"_id\":\"d{i}\",\"title\":\"\",\"text\":\"{}\"}}\n",
-            words.join(" ")
-        ));
-        queries.push_str(&format!(
-            "{{\"_id\":\"q{i}\",\"text\":\"{} {} {}\"}}\n",
-            words[0], words[2], words[4]
-        ));
-        let line = format!("q{i}\td{i}\t1\n");
-        if i < 24 {
-            train.push_str(&line);
-        } else {
-            dev.push_str(&line);
-        }
-    }
-    std::fs::create_dir_all(dir.join("qrels")).unwrap();
-    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
-    std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
-    std::fs::write(dir.join("qrels/train.tsv"), train).unwrap();
-    std::fs::write(dir.join("qrels/dev.tsv"), dev).unwrap();
-}
 
 fn config(data: &Path, out: &Path, epochs: usize, two_phases: bool) -> TrainConfig {
     let text = config_text(data, out, epochs, two_phases);

@@ -1,6 +1,7 @@
 //! Test helper: writes a tiny random GGUF decoder (`llama` layout, hidden 64 so that its
 //! rows split into Q8_0 blocks) with a small SentencePiece vocabulary, ChatML control
-//! tokens and, optionally, a ChatML chat template, so SFT tests need no downloaded model.
+//! tokens and, optionally, a ChatML chat template, so SFT tests need no downloaded model;
+//! and a tiny BEIR dataset for the retriever-training tests.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use juris_ml::lora::SplitMix64;
 
 /// SmolLM2's template shape (a default system turn when there is none).
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are tiny.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -142,4 +144,42 @@ pub fn write_tiny_chat(path: &Path, matrix_dtype: GgmlDType, template: bool) {
     let q_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let mut f = std::fs::File::create(path).expect("create");
     gguf_file::write(&mut f, &meta_refs, &q_refs).expect("write gguf");
+}
+
+/// 32 passages of random "words"; each query is three words of its passage. Queries 0..24
+/// are train, 24..32 dev.
+pub fn write_dataset(dir: &Path) {
+    let mut rng = SplitMix64(2024);
+    let mut word = || -> String {
+        let n = 2 + rng.below(3);
+        (0..n)
+            .map(|_| (b'a' + rng.below(26) as u8) as char)
+            .collect()
+    };
+    let mut corpus = String::new();
+    let mut queries = String::new();
+    let mut train = String::from("query-id\tcorpus-id\tscore\n");
+    let mut dev = train.clone();
+    for i in 0..32 {
+        let words: Vec<String> = (0..6).map(|_| word()).collect();
+        corpus.push_str(&format!(
+            "{{\"_id\":\"d{i}\",\"title\":\"\",\"text\":\"{}\"}}\n",
+            words.join(" ")
+        ));
+        queries.push_str(&format!(
+            "{{\"_id\":\"q{i}\",\"text\":\"{} {} {}\"}}\n",
+            words[0], words[2], words[4]
+        ));
+        let line = format!("q{i}\td{i}\t1\n");
+        if i < 24 {
+            train.push_str(&line);
+        } else {
+            dev.push_str(&line);
+        }
+    }
+    std::fs::create_dir_all(dir.join("qrels")).unwrap();
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
+    std::fs::write(dir.join("qrels/train.tsv"), train).unwrap();
+    std::fs::write(dir.join("qrels/dev.tsv"), dev).unwrap();
 }
