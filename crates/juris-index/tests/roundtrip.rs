@@ -200,6 +200,29 @@ fn document_store_and_ids_round_trip() {
         .unwrap();
     assert_eq!(batch[0][0].doc, 1);
     assert_eq!(batch[1][0].doc, 0);
+    // preload touches exactly the files a search reads, and changes no result.
+    let gen = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let size = |f: &str| std::fs::metadata(gen.join(f)).unwrap().len();
+    let searched = [
+        "postings.doc",
+        "postings.imp",
+        "terms.w",
+        "postings.off",
+        "terms.dat",
+        "terms.off",
+    ];
+    assert_eq!(
+        index.preload(),
+        searched.iter().map(|f| size(f)).sum::<u64>()
+    );
+    assert_eq!(index.search_terms(&["x", "y"], 5).unwrap(), {
+        let fresh = Index::open(&out).unwrap();
+        fresh.search_terms(&["x", "y"], 5).unwrap()
+    });
 }
 
 #[test]

@@ -35,6 +35,9 @@ pub trait Retriever {
     fn describe(&self) -> String;
     /// The best `k` documents of each query, in query order.
     fn retrieve_batch(&self, queries: &[QueryText], k: usize, bar: &Bar) -> Result<Vec<Ranked>>;
+    /// Loads what a batch of queries will read (e.g. an index's mapped postings) before the
+    /// batch starts; nothing by default.
+    fn preload(&self) {}
 }
 
 /// Lexical ranking with the index's (or an overridden) BM25-family scorer.
@@ -47,6 +50,10 @@ impl Retriever for Bm25Retriever<'_> {
     fn describe(&self) -> String {
         let s = self.index.scorer();
         format!("bm25 {} k1={} b={}", s.kind.name(), s.k1, s.b)
+    }
+
+    fn preload(&self) {
+        self.index.preload();
     }
 
     fn retrieve_batch(&self, queries: &[QueryText], k: usize, bar: &Bar) -> Result<Vec<Ranked>> {
@@ -415,6 +422,10 @@ impl Retriever for HybridRetriever<'_> {
             self.fusion.describe(),
             self.depth
         )
+    }
+
+    fn preload(&self) {
+        self.bm25.preload();
     }
 
     fn retrieve_batch(&self, queries: &[QueryText], k: usize, bar: &Bar) -> Result<Vec<Ranked>> {
