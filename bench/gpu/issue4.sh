@@ -7,7 +7,9 @@
 #          coliee_ja_gemma, jordan_e5, jordan_gemma, coliee_ja_gemma_p2, coliee_ja_e5_p2,
 #          jordan_e5_p2, jordan_e5_e3, coliee_ja_e5_e3, the full fine-tunings coliee_ja_e5_full,
 #          jordan_e5_full, coliee_en_minilm_full, phase 2 alone coliee_ja_e5_e3_p2skip5[lr3], and the coliee_en_{minilm,e5}_{p2m10,p2lr3,p2m10lr3,e3}
-#          variants)
+#          variants, jordan_e5_l256)
+# RUNS=1 also writes each fine-tuned variant's dense run of every query (train and dev, top 100) to
+# $OUT/<name>-<variant>.dense.trec.gz, for offline analysis of multi-model ensembles.
 set -uo pipefail
 S=/root/stage; J=$S/juris; D=$S/x/data
 export PYTHONUNBUFFERED=1
@@ -21,7 +23,7 @@ for name in "$@"; do
     coliee_ja_gemma_p2) ds=coliee_statute_ja; model=gemma3-270m; lang=ja; an=ja-bigram ;;
     coliee_ja_e5_p2|coliee_ja_e5_e3_p2*) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
     coliee_en_e5|coliee_en_e5_*) ds=coliee_statute_en; model=e5-small; lang=en; an=en-snowball ;;
-    jordan_e5|jordan_e5_e3|jordan_e5_full) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
+    jordan_e5|jordan_e5_e3|jordan_e5_full|jordan_e5_l256) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
     jordan_e5_p2) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
     jordan_gemma|jordan_gemma_*) ds=jordan_law_qa_ar; model=gemma3-270m; lang=ar; an=ar-snowball ;;
     *) echo "unknown run $name"; continue ;;
@@ -55,6 +57,10 @@ with open('/root/work/$ds.dev.jsonl','w') as f:
       phase1+2) "$J" -q embed --index "$idx" --model $model --max-len 256 --device cuda --adapter "$run/adapter" ;;
     esac
     store=$(ls "$idx/embeddings" | head -1)
+    if [ -n "${RUNS:-}" ] && [ "$v" != zero-shot ]; then
+      "$J" -q search --index "$idx" --queries "$D/$ds/queries.jsonl" --output "/root/work/$name-$v.dense.trec" -k 100 --mode dense --model "$store" --device cuda \
+        && gzip -c "/root/work/$name-$v.dense.trec" > "$OUT/$name-$v.dense.trec.gz"
+    fi
     "$J" -q tune --index "$idx" --queries "$D/$ds/queries.jsonl" --qrels "$D/$ds/qrels/train.tsv" --model "$store" --device cuda
     for mode in bm25 dense hybrid; do
       "$J" -q search --index "$idx" --queries "/root/work/$ds.dev.jsonl" --output "/root/work/$name-$v-$mode.trec" -k 100 --mode $mode --model "$store" --device cuda

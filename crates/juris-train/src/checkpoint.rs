@@ -34,8 +34,11 @@ pub struct TrainState {
     pub global_step: u64,
     /// AdamW's update counter.
     pub adam_step: u64,
-    /// Best dev metric so far in this phase.
+    /// Best dev metric so far in this phase (in the run, with `select_across_phases`).
     pub best: Option<f64>,
+    /// The phase whose `best-<phase>` folder holds the adapter that scored `best`.
+    #[serde(default)]
+    pub best_phase: Option<String>,
     /// Epochs since the best dev metric.
     pub bad_epochs: usize,
     /// Whether every phase has finished.

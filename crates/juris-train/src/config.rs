@@ -143,6 +143,14 @@ pub struct OptimConfig {
     /// Metric that picks the best adapter and drives early stopping.
     #[serde(default = "d_metric")]
     pub metric: String,
+    /// Choose the best dev adapter over the whole run instead of within each phase: a later
+    /// phase must beat the best dev metric of the earlier ones, and a phase none of whose
+    /// epochs does so ends on the earlier phase's best adapter (so phase 1+2 is never
+    /// worse than phase 1 on dev). Off by default: the paper's phase 2 always replaces
+    /// phase 1. (Left out of the serialized config when off, so the resume digests of
+    /// configs written before the option existed do not change.)
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub select_across_phases: bool,
     /// Texts per forward pass when encoding for evaluation and mining.
     #[serde(default = "d_eval_batch")]
     pub eval_batch_size: usize,

@@ -398,6 +398,7 @@ pub fn train_model(
                 global_step: 0,
                 adam_step: 0,
                 best: None,
+                best_phase: None,
                 bad_epochs: 0,
                 done: false,
             }
@@ -546,6 +547,7 @@ pub fn train_model(
                 )?;
                 if state.best.is_none_or(|b| value > b) {
                     state.best = Some(value);
+                    state.best_phase = Some(ph.name.clone());
                     state.bad_epochs = 0;
                     lora.to_adapter()?
                         .save(&out.join(format!("best-{}", ph.name)))?;
@@ -563,8 +565,23 @@ pub fn train_model(
             }
             save_ckpt(&state, &opt)?;
         }
-        // The phase ends on its best dev epoch.
-        let best_dir = out.join(format!("best-{}", ph.name));
+        // The phase ends on its best dev epoch — or, selecting across phases, on the best
+        // of the run so far, which is an earlier phase's when this one never beat it.
+        let best_dir = match &state.best_phase {
+            Some(name) if t.select_across_phases => out.join(format!("best-{name}")),
+            _ => out.join(format!("best-{}", ph.name)),
+        };
+        if t.select_across_phases
+            && dev.is_some()
+            && state.best_phase.as_deref() != Some(ph.name.as_str())
+        {
+            note(&format!(
+                "{}: no epoch beat the best dev {} so far; keeping best-{}",
+                ph.name,
+                t.metric,
+                state.best_phase.as_deref().unwrap_or("?")
+            ));
+        }
         if dev.is_some() && best_dir.join(juris_ml::lora::WEIGHTS_FILE).is_file() {
             let best = LoraAdapter::load(&best_dir, &device)?;
             for (path, (a, b)) in &lora.vars {
@@ -578,7 +595,10 @@ pub fn train_model(
         state.epoch = 0;
         state.step_in_epoch = 0;
         state.phase_step = 0;
-        state.best = None;
+        if !t.select_across_phases {
+            state.best = None;
+            state.best_phase = None;
+        }
         state.bad_epochs = 0;
         opt = AdamW::new(&vars, t.weight_decay)?;
         state.adam_step = 0;

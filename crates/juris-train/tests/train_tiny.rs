@@ -416,3 +416,66 @@ fn full_fine_tuning_loss_falls_and_saves_a_full_update() {
         ([32, 64].as_slice(), [32].as_slice())
     );
 }
+
+/// The dev nDCG@10 values logged after each epoch of `phase`.
+fn dev_ndcg(out: &Path, phase: &str) -> Vec<f64> {
+    juris_train::report::read(&out.join("metrics.jsonl"))
+        .iter()
+        .filter(|r| r.get("phase").and_then(|p| p.as_str()) == Some(phase))
+        .filter_map(|r| r.pointer("/dev/ndcg@10").and_then(|v| v.as_f64()))
+        .collect()
+}
+
+/// With `select_across_phases`, a phase 2 that makes dev worse (here: a learning rate that
+/// wrecks the adapter) ends the run on phase 1's best adapter; without it, phase 2's
+/// adapter is kept, as the paper does.
+#[test]
+fn select_across_phases_keeps_phase_one_when_phase_two_is_worse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let enc = encoder();
+    let mut finals = Vec::new();
+    for select in [true, false] {
+        let out = tmp.path().join(format!("run-{select}"));
+        let text = config_text(&data, &out, 2, true)
+            .replace(
+                "seed = 7",
+                &format!("seed = 7\nselect_across_phases = {select}"),
+            )
+            .replace("relative_margin = 0.05", "relative_margin = 0.05\nlr = 5.0");
+        let cfg = TrainConfig::parse(&text, Path::new("test.toml")).unwrap();
+        let o = train_with(&cfg, &enc, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
+        assert!(o.finished);
+        let best1 = dev_ndcg(&out, "bm25").into_iter().fold(f64::MIN, f64::max);
+        let p2 = dev_ndcg(&out, "mined");
+        assert_eq!(p2.len(), 1, "phase 2 ran one epoch");
+        assert!(
+            p2[0] < best1,
+            "lr 5.0 should make phase 2 worse: {best1} -> {}",
+            p2[0]
+        );
+        let read = |p: &str| std::fs::read(out.join(p)).unwrap();
+        let final_adapter = read("adapter/adapter_model.safetensors");
+        let final_ndcg = o
+            .final_dev
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k == "ndcg@10")
+            .unwrap()
+            .1;
+        if select {
+            assert_eq!(final_adapter, read("best-bm25/adapter_model.safetensors"));
+            assert!((final_ndcg - best1).abs() < 1e-9, "{final_ndcg} vs {best1}");
+        } else {
+            assert_eq!(final_adapter, read("best-mined/adapter_model.safetensors"));
+            assert!(
+                (final_ndcg - p2[0]).abs() < 1e-9,
+                "{final_ndcg} vs {}",
+                p2[0]
+            );
+        }
+        finals.push(final_adapter);
+    }
+    assert_ne!(finals[0], finals[1]);
+}
