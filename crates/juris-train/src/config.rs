@@ -43,6 +43,12 @@ pub struct ModelConfig {
     /// Token limit for queries (default: `max_len`).
     #[serde(default)]
     pub query_max_len: Option<usize>,
+    /// Token limit for passages in the dev evaluation after each epoch, which early stopping
+    /// and the choice of the best adapter follow (default: `max_len`). Set it to the length
+    /// `juris embed` will use when training on shorter passages than that: a phase that wins
+    /// at the training length can lose at the embedding length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_max_len: Option<usize>,
 }
 
 /// `[lora]`.
@@ -376,6 +382,9 @@ impl TrainConfig {
         }
         if self.model.max_len < 2 {
             return bad("model.max_len", "must be at least 2");
+        }
+        if self.model.eval_max_len.is_some_and(|n| n < 2) {
+            return bad("model.eval_max_len", "must be at least 2");
         }
         if self.lora.r == 0 && !self.lora.full {
             return bad("lora.r", "must be at least 1");

@@ -678,9 +678,11 @@ fn phase_negatives(
                 },
                 ph.relative_margin
             ));
-            let docs = encode_all(model, &ds.doc_texts, TextRole::Passage, cfg, progress)?;
+            // Mined at the training length: the negatives are for training passages.
+            let plen = cfg.model.max_len;
+            let docs = encode_all(model, &ds.doc_texts, TextRole::Passage, cfg, plen, progress)?;
             let texts: Vec<String> = split.queries.iter().map(|q| q.text.clone()).collect();
-            let qs = encode_all(model, &texts, TextRole::Query, cfg, progress)?;
+            let qs = encode_all(model, &texts, TextRole::Query, cfg, plen, progress)?;
             let scores = score_matrix(&qs, &docs, model.hidden_size())?;
             negatives::mined_negatives(ds, split, &scores, ph, seed)
         }
@@ -866,12 +868,13 @@ fn encode_all(
     texts: &[String],
     role: TextRole,
     cfg: &TrainConfig,
+    passage_max_len: usize,
     progress: &dyn Progress,
 ) -> Result<Vec<f32>> {
     let h = model.hidden_size();
     let max_len = match role {
         TextRole::Query => cfg.model.query_max_len.unwrap_or(cfg.model.max_len),
-        TextRole::Passage => cfg.model.max_len,
+        TextRole::Passage => passage_max_len,
     };
     let mut order: Vec<(usize, usize)> = Vec::with_capacity(texts.len());
     for (i, t) in texts.iter().enumerate() {
@@ -923,9 +926,10 @@ fn evaluate_dense(
     progress: &dyn Progress,
 ) -> Result<Vec<(String, f64)>> {
     let h = model.hidden_size();
-    let docs = encode_all(model, &ds.doc_texts, TextRole::Passage, cfg, progress)?;
+    let plen = cfg.model.eval_max_len.unwrap_or(cfg.model.max_len);
+    let docs = encode_all(model, &ds.doc_texts, TextRole::Passage, cfg, plen, progress)?;
     let texts: Vec<String> = split.queries.iter().map(|q| q.text.clone()).collect();
-    let qs = encode_all(model, &texts, TextRole::Query, cfg, progress)?;
+    let qs = encode_all(model, &texts, TextRole::Query, cfg, plen, progress)?;
     let scores = score_matrix(&qs, &docs, h)?;
     let n = ds.doc_ids.len();
     let mut run = Run::new("juris-train");
