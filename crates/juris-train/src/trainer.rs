@@ -190,7 +190,9 @@ pub fn train(
         return train_model(cfg, &model, opts, progress, note);
     }
     let enc_opts = EncoderOptions {
-        max_len: cfg.model.max_len,
+        // The encoder's own cap: training passes ask for `max_len`, the dev evaluation may
+        // ask for a longer `eval_max_len`.
+        max_len: cfg.model.max_len.max(cfg.model.eval_max_len.unwrap_or(0)),
         batch_size: cfg.train.eval_batch_size,
         device: opts.device,
     };

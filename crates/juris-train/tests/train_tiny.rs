@@ -482,25 +482,36 @@ fn select_across_phases_keeps_phase_one_when_phase_two_is_worse() {
 
 /// `[model] eval_max_len` sets the passage length of the dev evaluation (here the base
 /// model's zero-shot numbers): passages cut to 3 tokens rank differently from whole ones,
-/// and leaving it out evaluates at `max_len`.
+/// leaving it out evaluates at `max_len`, and it may exceed the training length.
 #[test]
 fn eval_max_len_sets_the_dev_passage_length() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     write_dataset(&data);
     let enc = encoder();
-    let zero_shot = |extra: &str, name: &str| {
+    // `model_lines` replaces the template's `max_len = 32` line.
+    let zero_shot = |model_lines: &str, name: &str| {
         let out = tmp.path().join(name);
         let text = config_text(&data, &out, 1, false)
-            .replace("max_len = 32", &format!("max_len = 32{extra}"))
+            .replace("max_len = 32", model_lines)
             .replace("seed = 7", "seed = 7\nmax_steps = 1");
         let cfg = TrainConfig::parse(&text, Path::new("test.toml")).unwrap();
         let o = train_with(&cfg, &enc, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
         o.zero_shot.unwrap()
     };
-    let default = zero_shot("", "default");
-    assert_eq!(zero_shot("\neval_max_len = 32", "same"), default);
-    assert_ne!(zero_shot("\neval_max_len = 3", "short"), default);
+    let default = zero_shot("max_len = 32", "default");
+    assert_eq!(
+        zero_shot("max_len = 32\neval_max_len = 32", "same"),
+        default
+    );
+    assert_ne!(
+        zero_shot("max_len = 32\neval_max_len = 3", "short"),
+        default
+    );
+    assert_ne!(
+        zero_shot("max_len = 3\neval_max_len = 32", "long-eval"),
+        zero_shot("max_len = 3", "short-training")
+    );
     let bad = config_text(&data, &tmp.path().join("bad"), 1, false)
         .replace("max_len = 32", "max_len = 32\neval_max_len = 1");
     let err = TrainConfig::parse(&bad, Path::new("bad.toml")).unwrap_err();
