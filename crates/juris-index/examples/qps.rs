@@ -247,7 +247,7 @@ fn search_only(
         let t = Instant::now();
         for q in queries {
             let hits = if a.analyzer.is_some() {
-                index.search(q, a.k)
+                index.search_lang_with(q, a.lang, &opts)
             } else {
                 tokenize(q, stop, &mut terms);
                 index.search_terms_with(&terms, &opts)

@@ -466,6 +466,16 @@ impl Index {
         lang: Option<Lang>,
         k: usize,
     ) -> Result<Vec<Hit>, IndexError> {
+        self.search_lang_with(query, lang, &SearchOptions::top(k))
+    }
+
+    /// Like [`Index::search_lang`], with options (e.g. a forced [`Strategy`]).
+    pub fn search_lang_with(
+        &self,
+        query: &str,
+        lang: Option<Lang>,
+        opts: &SearchOptions,
+    ) -> Result<Vec<Hit>, IndexError> {
         // Terms are looked up as the analyzer hands them out: no string is allocated.
         let mut ids: Vec<u32> = Vec::with_capacity(16);
         self.analyzers.analyze_with(query, lang, &mut |t| {
@@ -474,7 +484,7 @@ impl Index {
             }
         })?;
         let (q, absent) = self.prepare_ids(ids.into_iter())?;
-        self.search_prepared(q, absent, &SearchOptions::top(k))
+        self.search_prepared(q, absent, opts)
     }
 
     /// The top `k` hits for already-analyzed query terms.
