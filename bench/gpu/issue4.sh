@@ -6,7 +6,7 @@
 #   usage: bash bench/gpu/issue4.sh <name>...   (name: coliee_en_minilm, coliee_en_e5, coliee_ja_e5,
 #          coliee_ja_gemma, jordan_e5, jordan_gemma, coliee_ja_gemma_p2, coliee_ja_e5_p2,
 #          jordan_e5_p2, jordan_e5_e3, coliee_ja_e5_e3, the full fine-tunings coliee_ja_e5_full,
-#          jordan_e5_full, coliee_en_minilm_full, phase 2 alone coliee_ja_e5_e3_p2skip5[lr3], and the coliee_en_{minilm,e5}_{p2m10,p2lr3,p2m10lr3,e3}, coliee_en_minilm_e3s[256]
+#          jordan_e5_full, coliee_en_minilm_full, phase 2 alone coliee_ja_e5_e3_p2skip5[lr3], and the coliee_en_{minilm,e5}_{p2m10,p2lr3,p2m10lr3,e3}, coliee_en_minilm_e3s[256], coliee_{ja,en}_e5_e3s256
 #          variants, jordan_e5_l256)
 # RUNS=1 also writes each fine-tuned variant's dense run of every query (train and dev, top 100) to
 # $OUT/<name>-<variant>.dense.trec.gz, for offline analysis of multi-model ensembles.
@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED=1
 for name in "$@"; do
   case $name in
     coliee_en_minilm|coliee_en_minilm_*) ds=coliee_statute_en; model=minilm; lang=en; an=en-snowball ;;
-    coliee_ja_e5|coliee_ja_e5_e3|coliee_ja_e5_full) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
+    coliee_ja_e5|coliee_ja_e5_e3|coliee_ja_e5_full|coliee_ja_e5_e3s256) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
     coliee_ja_gemma) ds=coliee_statute_ja; model=gemma3-270m; lang=ja; an=ja-bigram ;;
     # Phase 2 alone from the committed phase-1 adapter ([lora] init): evaluate with
     # VARIANTS=phase1+2 (zero-shot and phase 1 were measured by the full runs).
