@@ -231,8 +231,12 @@ def cmd_train(args):
         q_texts, d_texts, targets, mask = batch(idx)
         qf = tokenize(q_texts, args.query_max_len)
         df = tokenize(d_texts, args.max_len)
-        q = embed({k: v.to(dev, non_blocking=True) for k, v in qf.items()})
-        d = embed({k: v.to(dev, non_blocking=True) for k, v in df.items()})
+        # --bf16: PyTorch's mixed precision (autocast: bf16 matrix products, f32 weights,
+        # optimizer state and reductions), the counterpart of juris's precision = "bf16".
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+            q = embed({k: v.to(dev, non_blocking=True) for k, v in qf.items()})
+            d = embed({k: v.to(dev, non_blocking=True) for k, v in df.items()})
+        q, d = q.float(), d.float()
         logits = q @ d.t() / args.temperature + mask.to(dev, non_blocking=True)
         loss = torch.nn.functional.cross_entropy(logits, targets.to(dev, non_blocking=True))
         loss.backward()
@@ -458,6 +462,7 @@ def main():
         "query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"])
     t.add_argument("--lora-impl", choices=["auto", "peft", "manual"], default="auto")
     t.add_argument("--tf32", action="store_true", help="allow TF32 matrix products (off: strict f32)")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder passes (juris: precision = \"bf16\")")
     t.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (device cpu)")
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--json-out", required=True)

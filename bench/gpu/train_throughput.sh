@@ -23,7 +23,8 @@
 #        EPOCHS (of the lr schedule, default 1; raise it with BATCH so STEPS fit), PY (default
 #        python3), OUT, PRECISION (juris's [train] precision: f32 default, bf16 on CUDA),
 #        ST (0: juris runs only, e.g. PRECISION=bf16 beside an f32 run; samples/s per run
-#        printed instead of the comparison table).
+#        printed instead of the comparison table). PRECISION=bf16 with the ST side runs
+#        sentence-transformers under bf16 autocast (--bf16) and reports MFU against the bf16 peak.
 #   CPU smoke test here: JURIS=target/release/juris DATA=/work/shared/data/coliee_statute_en \
 #        STEPS=4 WARMUP=1 RUNS=1 OUT=/tmp/tput PY=bench/.venv/bin/python \
 #        bash bench/gpu/train_throughput.sh cpu
@@ -122,12 +123,13 @@ run_juris() { # tag dropout
 run_st() { # tag dropout
   local t0=$SECONDS
   timeout "$RUN_TIMEOUT" $ST train --model "$MODEL" --data "$DATA" --negatives "$NEG" --device "$DEVICE" \
-    --steps "$STEPS" --warmup-steps "$WARMUP" --batch-size "$BATCH" --epochs "$EPOCHS" --lora-dropout "$2" --json-out "$WORK/st-$1.json" 2>&1 | grep -v '^\s*$' | tail -4
+    --steps "$STEPS" --warmup-steps "$WARMUP" --batch-size "$BATCH" --epochs "$EPOCHS" --lora-dropout "$2" \
+    $([ "$PRECISION" = bf16 ] && echo --bf16) --json-out "$WORK/st-$1.json" 2>&1 | grep -v '^\s*$' | tail -4
   echo "st $1: exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s wall (imports and loading included)"
   ST_FILES+=("$WORK/st-$1.json")
 }
 summarize() { # json-name task
-  $ST summarize --model "$MODEL" --warmup-steps "$WARMUP" --peak fp32 --device-name "$DEVNAME" \
+  $ST summarize --model "$MODEL" --warmup-steps "$WARMUP" --peak "$([ "$PRECISION" = bf16 ] && echo bf16 || echo fp32)" --device-name "$DEVNAME" \
     --task "$2" --out "$OUT/$1" --juris "${JURIS_FILES[@]}" --st "${ST_FILES[@]}"
 }
 
@@ -158,7 +160,7 @@ for i in $(seq 1 "$RUNS"); do
   [ -f "$NEG" ] || { echo "juris wrote no negatives file; stopping"; exit 1; }
   run_st "$i" 0.05
 done
-summarize train_throughput.json "MiniLM LoRA r16 (dropout 0.05), batch $BATCH queries × (1 positive + 3 hard + 1 random), max len 64/128, strict f32"
+summarize train_throughput.json "MiniLM LoRA r16 (dropout 0.05), batch $BATCH queries × (1 positive + 3 hard + 1 random), max len 64/128, $([ "$PRECISION" = bf16 ] && echo "bf16 mixed precision (juris precision = bf16, PyTorch autocast)" || echo "strict f32")"
 
 if [ "$DROPOUT0" = 1 ] && [ $((SECONDS + 2 * RUN_TIMEOUT)) -le "$BUDGET" ]; then
   JURIS_FILES=(); ST_FILES=()
