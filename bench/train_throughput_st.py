@@ -430,7 +430,7 @@ def cmd_summarize(args):
         rr = result["ratio_juris_over_st"]
         print(f"\nratio juris/ST: {rr['samples_per_s']:.3f} (samples/s), {rr['tokens_per_s']:.3f} (tokens/s); goal ≥ 1.0")
     print(f"\nMFU: {result['mfu_formula']}; peak {args.peak} {peak / 1e12:.1f} TFLOP/s "
-          "(both sides run strict f32; the JSON also gives MFU against the TF32 and BF16 peaks)")
+          f"({args.task.rsplit(', ', 1)[-1]}; the JSON also gives MFU against the other peaks)")
 
 
 def main():
