@@ -43,10 +43,11 @@ pub struct ModelConfig {
     /// Token limit for queries (default: `max_len`).
     #[serde(default)]
     pub query_max_len: Option<usize>,
-    /// Token limit for passages in the dev evaluation after each epoch, which early stopping
-    /// and the choice of the best adapter follow (default: `max_len`). Set it to the length
-    /// `juris embed` will use when training on shorter passages than that: a phase that wins
-    /// at the training length can lose at the embedding length.
+    /// Token limit for queries and passages in the dev evaluation after each epoch, which
+    /// early stopping and the choice of the best adapter follow (default: `query_max_len`
+    /// and `max_len`). Set it to the `--max-len` that `juris embed` will use (which also
+    /// cuts that store's queries) when training on shorter texts: a phase that wins at the
+    /// training length can lose at the embedding length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_max_len: Option<usize>,
 }

@@ -680,11 +680,11 @@ fn phase_negatives(
                 },
                 ph.relative_margin
             ));
-            // Mined at the training length: the negatives are for training passages.
-            let plen = cfg.model.max_len;
+            // Mined at the training lengths: the negatives are for training passages.
+            let (qlen, plen) = training_lengths(cfg);
             let docs = encode_all(model, &ds.doc_texts, TextRole::Passage, cfg, plen, progress)?;
             let texts: Vec<String> = split.queries.iter().map(|q| q.text.clone()).collect();
-            let qs = encode_all(model, &texts, TextRole::Query, cfg, plen, progress)?;
+            let qs = encode_all(model, &texts, TextRole::Query, cfg, qlen, progress)?;
             let scores = score_matrix(&qs, &docs, model.hidden_size())?;
             negatives::mined_negatives(ds, split, &scores, ph, seed)
         }
@@ -863,6 +863,12 @@ pub fn micro_step(
     })
 }
 
+/// Token limits of training: (queries, passages).
+fn training_lengths(cfg: &TrainConfig) -> (usize, usize) {
+    let m = &cfg.model;
+    (m.query_max_len.unwrap_or(m.max_len), m.max_len)
+}
+
 /// Unit vectors of `texts` (row-major f32) with the adapter applied and dropout off, in
 /// batches of similar length.
 fn encode_all(
@@ -870,14 +876,10 @@ fn encode_all(
     texts: &[String],
     role: TextRole,
     cfg: &TrainConfig,
-    passage_max_len: usize,
+    max_len: usize,
     progress: &dyn Progress,
 ) -> Result<Vec<f32>> {
     let h = model.hidden_size();
-    let max_len = match role {
-        TextRole::Query => cfg.model.query_max_len.unwrap_or(cfg.model.max_len),
-        TextRole::Passage => passage_max_len,
-    };
     let mut order: Vec<(usize, usize)> = Vec::with_capacity(texts.len());
     for (i, t) in texts.iter().enumerate() {
         order.push((model.token_count(t, role)?, i));
@@ -928,10 +930,15 @@ fn evaluate_dense(
     progress: &dyn Progress,
 ) -> Result<Vec<(String, f64)>> {
     let h = model.hidden_size();
-    let plen = cfg.model.eval_max_len.unwrap_or(cfg.model.max_len);
+    // With `eval_max_len`, queries and passages are both cut at it, as `juris embed
+    // --max-len` and the searches of that store do; else at the training lengths.
+    let (qlen, plen) = match cfg.model.eval_max_len {
+        Some(n) => (n, n),
+        None => training_lengths(cfg),
+    };
     let docs = encode_all(model, &ds.doc_texts, TextRole::Passage, cfg, plen, progress)?;
     let texts: Vec<String> = split.queries.iter().map(|q| q.text.clone()).collect();
-    let qs = encode_all(model, &texts, TextRole::Query, cfg, plen, progress)?;
+    let qs = encode_all(model, &texts, TextRole::Query, cfg, qlen, progress)?;
     let scores = score_matrix(&qs, &docs, h)?;
     let n = ds.doc_ids.len();
     let mut run = Run::new("juris-train");
