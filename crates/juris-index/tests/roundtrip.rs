@@ -204,7 +204,11 @@ fn document_store_and_ids_round_trip() {
     let gen = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
+        .find(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("gen-"))
+        })
         .unwrap();
     let size = |f: &str| std::fs::metadata(gen.join(f)).unwrap().len();
     let searched = [
