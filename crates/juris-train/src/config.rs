@@ -154,8 +154,9 @@ pub struct OptimConfig {
     /// phase must beat the best dev metric of the earlier ones, and a phase none of whose
     /// epochs does so ends on the earlier phase's best adapter (so phase 1+2 is never
     /// worse than phase 1 on dev). Off by default: the paper's phase 2 always replaces
-    /// phase 1. (Left out of the serialized config when off, so the resume digests of
-    /// configs written before the option existed do not change.)
+    /// phase 1. With `[lora] init`, the starting adapter competes as the phase before the
+    /// first (`best-init/`). (Left out of the serialized config when off, so the resume
+    /// digests of configs written before the option existed do not change.)
     #[serde(default, skip_serializing_if = "is_false")]
     pub select_across_phases: bool,
     /// Texts per forward pass when encoding for evaluation and mining.

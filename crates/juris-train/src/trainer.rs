@@ -382,6 +382,7 @@ pub fn train_model(
             if metrics_path.exists() {
                 std::fs::remove_file(&metrics_path).map_err(io(&metrics_path))?;
             }
+            let (mut best, mut best_phase) = (None, None);
             if let Some(dev) = &dev {
                 note("evaluating the base model on the dev split");
                 let m = evaluate_dense(model, &ds, dev, cfg, progress)?;
@@ -389,6 +390,16 @@ pub fn train_model(
                     &metrics_path,
                     &json!({"step": 0, "phase": "zero-shot", "dev": metrics_json(&m)}),
                 )?;
+                if t.select_across_phases && cfg.lora.init.is_some() {
+                    // The adapter the run starts from (e.g. phase 1 trained by another run)
+                    // counts as the phase before the first: a phase must beat it to be kept.
+                    let metric =
+                        Metric::parse(&t.metric).map_err(|e| TrainError::Data(e.to_string()))?;
+                    best = Some(metric_value(&m, &metric));
+                    best_phase = Some(INIT_PHASE.to_string());
+                    lora.to_adapter()?
+                        .save(&out.join(format!("best-{INIT_PHASE}")))?;
+                }
                 zero_shot = Some(m);
             }
             TrainState {
@@ -399,8 +410,8 @@ pub fn train_model(
                 phase_step: 0,
                 global_step: 0,
                 adam_step: 0,
-                best: None,
-                best_phase: None,
+                best,
+                best_phase,
                 bad_epochs: 0,
                 done: false,
             }
@@ -862,6 +873,10 @@ pub fn micro_step(
         lengths,
     })
 }
+
+/// With `select_across_phases` and `[lora] init`, the name under which the starting adapter
+/// competes (`best-init/`).
+const INIT_PHASE: &str = "init";
 
 /// Token limits of training: (queries, passages).
 fn training_lengths(cfg: &TrainConfig) -> (usize, usize) {

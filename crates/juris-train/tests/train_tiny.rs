@@ -417,6 +417,55 @@ fn full_fine_tuning_loss_falls_and_saves_a_full_update() {
     );
 }
 
+/// With `select_across_phases` and `[lora] init`, the starting adapter (e.g. a phase 1
+/// trained by another run) competes as the phase before the first: a phase 2 that makes dev
+/// worse ends the run on the starting adapter.
+#[test]
+fn select_across_phases_counts_the_init_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let enc = encoder();
+    let first = tmp.path().join("first");
+    let a = train_with(
+        &config(&data, &first, 2, false),
+        &enc,
+        &TrainOptions::default(),
+        &NoProgress,
+        &|_| {},
+    )
+    .unwrap();
+    let second = tmp.path().join("second");
+    let text = config_text(&data, &second, 1, false)
+        .replace("seed = 7", "seed = 7\nselect_across_phases = true")
+        .replace("random_negatives = 1", "random_negatives = 1\nlr = 5.0");
+    let mut cfg = TrainConfig::parse(&text, Path::new("test.toml")).unwrap();
+    cfg.lora.init = Some(first.join("adapter"));
+    let notes = std::cell::RefCell::new(Vec::new());
+    let b = train_with(&cfg, &enc, &TrainOptions::default(), &NoProgress, &|n| {
+        notes.borrow_mut().push(n.to_string())
+    })
+    .unwrap();
+    let start = a.final_dev.unwrap();
+    assert_eq!(b.zero_shot.as_ref(), Some(&start));
+    let after = dev_ndcg(&second, "bm25");
+    let ndcg = |m: &[(String, f64)]| m.iter().find(|(k, _)| k == "ndcg@10").unwrap().1;
+    assert!(
+        after[0] < ndcg(&start),
+        "lr 5.0 should make the phase worse: {after:?}"
+    );
+    assert!(notes
+        .borrow()
+        .iter()
+        .any(|n| n.contains("keeping best-init")));
+    let read = |p: &str| std::fs::read(second.join(p)).unwrap();
+    assert_eq!(
+        read("adapter/adapter_model.safetensors"),
+        read("best-init/adapter_model.safetensors")
+    );
+    assert_eq!(b.final_dev, Some(start));
+}
+
 /// The dev nDCG@10 values logged after each epoch of `phase`.
 fn dev_ndcg(out: &Path, phase: &str) -> Vec<f64> {
     juris_train::report::read(&out.join("metrics.jsonl"))
