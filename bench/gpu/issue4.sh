@@ -6,7 +6,7 @@
 #   usage: bash bench/gpu/issue4.sh <name>...   (name: coliee_en_minilm, coliee_en_e5, coliee_ja_e5,
 #          coliee_ja_gemma, jordan_e5, jordan_gemma, coliee_ja_gemma_p2, coliee_ja_e5_p2,
 #          jordan_e5_p2, jordan_e5_e3, coliee_ja_e5_e3, the full fine-tunings coliee_ja_e5_full,
-#          jordan_e5_full, coliee_en_minilm_full, phase 2 alone coliee_ja_e5_e3_p2skip5[lr3], and the coliee_en_{minilm,e5}_{p2m10,p2lr3,p2m10lr3,e3}, coliee_en_minilm_e3s[256], coliee_{ja,en}_e5_e3s256
+#          jordan_e5_full, coliee_en_minilm_full, phase 2 alone coliee_ja_e5_e3_p2skip5[lr3], and the coliee_en_{minilm,e5}_{p2m10,p2lr3,p2m10lr3,e3}, coliee_en_minilm_e3s[256], coliee_{ja,en}_e5_e3s256, jordan_gemma_p2s256 (VARIANTS=phase1+2)
 #          variants, jordan_e5_l256)
 # RUNS=1 also writes each fine-tuned variant's dense run of every query (train and dev, top 100) to
 # $OUT/<name>-<variant>.dense.trec.gz, for offline analysis of multi-model ensembles.
