@@ -598,10 +598,25 @@ pub fn train_model(
         if dev.is_some() && best_dir.join(juris_ml::lora::WEIGHTS_FILE).is_file() {
             let best = LoraAdapter::load(&best_dir, &device)?;
             for (path, (a, b)) in &lora.vars {
-                if let Some(p) = best.modules.get(path) {
-                    a.set(&p.a)?;
-                    b.set(&p.b)?;
-                }
+                // The PEFT reader drops a leading `model.`, which a decoder's module paths
+                // (`model.layers.{i}...`) keep: look under both. A module that is in neither
+                // is an error — restoring silently nothing kept the last epoch's weights
+                // (found on the GPU: a decoder run "kept best-init" and ended on phase 2).
+                let p = best
+                    .modules
+                    .get(path)
+                    .or_else(|| {
+                        path.strip_prefix("model.")
+                            .and_then(|q| best.modules.get(q))
+                    })
+                    .ok_or_else(|| {
+                        TrainError::Data(format!(
+                            "{}: no weights for module {path}",
+                            best_dir.display()
+                        ))
+                    })?;
+                a.set(&p.a)?;
+                b.set(&p.b)?;
             }
         }
         state.phase += 1;

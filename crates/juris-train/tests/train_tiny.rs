@@ -466,6 +466,44 @@ fn select_across_phases_counts_the_init_adapter() {
     assert_eq!(b.final_dev, Some(start));
 }
 
+/// The same with a GGUF decoder retriever, whose module paths (`model.layers.{i}...`) the
+/// PEFT reader shortens: the run must still end on the starting adapter, bit for bit.
+#[test]
+fn select_across_phases_restores_a_decoder_adapter() {
+    let Some(gguf) = tiny_gguf() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let decoder = |cfg: &mut TrainConfig| {
+        cfg.model.path = gguf.display().to_string();
+        cfg.lora.target_modules = juris_ml::DECODER_LORA_TARGETS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    };
+    let first = tmp.path().join("first");
+    let mut c1 = config(&data, &first, 1, false);
+    decoder(&mut c1);
+    let a = juris_train::train(&c1, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
+    let second = tmp.path().join("second");
+    let text = config_text(&data, &second, 1, false)
+        .replace("seed = 7", "seed = 7\nselect_across_phases = true")
+        .replace("random_negatives = 1", "random_negatives = 1\nlr = 5.0");
+    let mut c2 = TrainConfig::parse(&text, Path::new("test.toml")).unwrap();
+    decoder(&mut c2);
+    c2.lora.init = Some(first.join("adapter"));
+    let b = juris_train::train(&c2, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
+    let start = a.final_dev.unwrap();
+    assert_eq!(b.zero_shot.as_ref(), Some(&start));
+    let ndcg = |m: &[(String, f64)]| m.iter().find(|(k, _)| k == "ndcg@10").unwrap().1;
+    let after = dev_ndcg(&second, "bm25");
+    assert!(
+        after[0] < ndcg(&start),
+        "lr 5.0 should make the phase worse: {after:?}"
+    );
+    assert_eq!(b.final_dev, Some(start));
+}
+
 /// The dev nDCG@10 values logged after each epoch of `phase`.
 fn dev_ndcg(out: &Path, phase: &str) -> Vec<f64> {
     juris_train::report::read(&out.join("metrics.jsonl"))
