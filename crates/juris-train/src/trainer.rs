@@ -353,6 +353,7 @@ pub fn train_model(
     let digest = cfg.trajectory_digest();
     let mut opt = AdamW::new(&vars, t.weight_decay)?;
     let mut prof = StepProfile::from_env();
+    let metric = Metric::parse(&t.metric).map_err(|e| TrainError::Data(e.to_string()))?;
     let mut zero_shot = None;
     let mut state = match checkpoint::load(&out, &device)? {
         Some((st, tensors)) => {
@@ -393,8 +394,6 @@ pub fn train_model(
                 if t.select_across_phases && cfg.lora.init.is_some() {
                     // The adapter the run starts from (e.g. phase 1 trained by another run)
                     // counts as the phase before the first: a phase must beat it to be kept.
-                    let metric =
-                        Metric::parse(&t.metric).map_err(|e| TrainError::Data(e.to_string()))?;
                     best = Some(metric_value(&m, &metric));
                     best_phase = Some(INIT_PHASE.to_string());
                     lora.to_adapter()?
@@ -421,7 +420,6 @@ pub fn train_model(
         let tensors = checkpoint::training_tensors(&named, opt)?;
         checkpoint::save(&out, state, &tensors)
     };
-    let metric = Metric::parse(&t.metric).map_err(|e| TrainError::Data(e.to_string()))?;
     let n_queries = train_split.queries.len();
     let per_step = t.batch_size * t.grad_accum;
     let steps_per_epoch = n_queries.div_ceil(per_step) as u64;

@@ -240,6 +240,15 @@ fn tiny_gguf() -> Option<std::path::PathBuf> {
     }
 }
 
+/// Makes `cfg` train the GGUF decoder at `gguf` (LoRA on its projections).
+fn use_decoder(cfg: &mut TrainConfig, gguf: &Path) {
+    cfg.model.path = gguf.display().to_string();
+    cfg.lora.target_modules = juris_ml::DECODER_LORA_TARGETS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+}
+
 #[test]
 fn decoder_retriever_trains_and_embeds_as_search_does() {
     let Some(gguf) = tiny_gguf() else { return };
@@ -248,11 +257,7 @@ fn decoder_retriever_trains_and_embeds_as_search_does() {
     write_dataset(&data);
     let out = tmp.path().join("run");
     let mut cfg = config(&data, &out, 6, false);
-    cfg.model.path = gguf.display().to_string();
-    cfg.lora.target_modules = juris_ml::DECODER_LORA_TARGETS
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    use_decoder(&mut cfg, &gguf);
     let o = juris_train::train(&cfg, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
     assert!(o.finished);
     assert_eq!(o.steps, 18);
@@ -436,11 +441,7 @@ fn select_across_phases_counts_the_init_adapter() {
     )
     .unwrap();
     let second = tmp.path().join("second");
-    let text = config_text(&data, &second, 1, false)
-        .replace("seed = 7", "seed = 7\nselect_across_phases = true")
-        .replace("random_negatives = 1", "random_negatives = 1\nlr = 5.0");
-    let mut cfg = TrainConfig::parse(&text, Path::new("test.toml")).unwrap();
-    cfg.lora.init = Some(first.join("adapter"));
+    let cfg = wrecked_phase_after(&data, &second, &first.join("adapter"));
     let notes = std::cell::RefCell::new(Vec::new());
     let b = train_with(&cfg, &enc, &TrainOptions::default(), &NoProgress, &|n| {
         notes.borrow_mut().push(n.to_string())
@@ -449,9 +450,8 @@ fn select_across_phases_counts_the_init_adapter() {
     let start = a.final_dev.unwrap();
     assert_eq!(b.zero_shot.as_ref(), Some(&start));
     let after = dev_ndcg(&second, "bm25");
-    let ndcg = |m: &[(String, f64)]| m.iter().find(|(k, _)| k == "ndcg@10").unwrap().1;
     assert!(
-        after[0] < ndcg(&start),
+        after[0] < ndcg10(&start),
         "lr 5.0 should make the phase worse: {after:?}"
     );
     assert!(notes
@@ -474,31 +474,19 @@ fn select_across_phases_restores_a_decoder_adapter() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     write_dataset(&data);
-    let decoder = |cfg: &mut TrainConfig| {
-        cfg.model.path = gguf.display().to_string();
-        cfg.lora.target_modules = juris_ml::DECODER_LORA_TARGETS
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    };
     let first = tmp.path().join("first");
     let mut c1 = config(&data, &first, 1, false);
-    decoder(&mut c1);
+    use_decoder(&mut c1, &gguf);
     let a = juris_train::train(&c1, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
     let second = tmp.path().join("second");
-    let text = config_text(&data, &second, 1, false)
-        .replace("seed = 7", "seed = 7\nselect_across_phases = true")
-        .replace("random_negatives = 1", "random_negatives = 1\nlr = 5.0");
-    let mut c2 = TrainConfig::parse(&text, Path::new("test.toml")).unwrap();
-    decoder(&mut c2);
-    c2.lora.init = Some(first.join("adapter"));
+    let mut c2 = wrecked_phase_after(&data, &second, &first.join("adapter"));
+    use_decoder(&mut c2, &gguf);
     let b = juris_train::train(&c2, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
     let start = a.final_dev.unwrap();
     assert_eq!(b.zero_shot.as_ref(), Some(&start));
-    let ndcg = |m: &[(String, f64)]| m.iter().find(|(k, _)| k == "ndcg@10").unwrap().1;
     let after = dev_ndcg(&second, "bm25");
     assert!(
-        after[0] < ndcg(&start),
+        after[0] < ndcg10(&start),
         "lr 5.0 should make the phase worse: {after:?}"
     );
     assert_eq!(b.final_dev, Some(start));
@@ -511,6 +499,22 @@ fn dev_ndcg(out: &Path, phase: &str) -> Vec<f64> {
         .filter(|r| r.get("phase").and_then(|p| p.as_str()) == Some(phase))
         .filter_map(|r| r.pointer("/dev/ndcg@10").and_then(|v| v.as_f64()))
         .collect()
+}
+
+/// nDCG@10 of a run's dev metrics.
+fn ndcg10(m: &[(String, f64)]) -> f64 {
+    m.iter().find(|(k, _)| k == "ndcg@10").unwrap().1
+}
+
+/// One phase from the adapter in `init`, selecting across phases, at a learning rate (5.0)
+/// that wrecks the adapter.
+fn wrecked_phase_after(data: &Path, out: &Path, init: &Path) -> TrainConfig {
+    let text = config_text(data, out, 1, false)
+        .replace("seed = 7", "seed = 7\nselect_across_phases = true")
+        .replace("random_negatives = 1", "random_negatives = 1\nlr = 5.0");
+    let mut cfg = TrainConfig::parse(&text, Path::new("test.toml")).unwrap();
+    cfg.lora.init = Some(init.to_path_buf());
+    cfg
 }
 
 /// With `select_across_phases`, a phase 2 that makes dev worse (here: a learning rate that
@@ -544,13 +548,7 @@ fn select_across_phases_keeps_phase_one_when_phase_two_is_worse() {
         );
         let read = |p: &str| std::fs::read(out.join(p)).unwrap();
         let final_adapter = read("adapter/adapter_model.safetensors");
-        let final_ndcg = o
-            .final_dev
-            .unwrap()
-            .into_iter()
-            .find(|(k, _)| k == "ndcg@10")
-            .unwrap()
-            .1;
+        let final_ndcg = ndcg10(&o.final_dev.unwrap());
         if select {
             assert_eq!(final_adapter, read("best-bm25/adapter_model.safetensors"));
             assert!((final_ndcg - best1).abs() < 1e-9, "{final_ndcg} vs {best1}");
