@@ -22,38 +22,10 @@ use juris_train::{micro_step, train, train_with, Batch, TrainConfig, TrainOption
 
 /// A config whose `[train]` table starts with `train_extra` lines.
 fn config_text(data: &Path, out: &Path, epochs: usize, train_extra: &str) -> String {
-    format!(
-        r#"
-[model]
-path = "tiny-random"
-max_len = 32
-[lora]
-r = 4
-alpha = 8
-dropout = 0.1
-[data]
-dir = "{}"
-eval_split = "dev"
-[train]
-{train_extra}
-out = "{}"
-seed = 7
-batch_size = 4
-grad_accum = 2
-lr = 5e-3
-warmup_ratio = 0.1
-temperature = 0.1
-checkpoint_every = 2
-[[phase]]
-name = "bm25"
-epochs = {epochs}
-negatives = "bm25"
-top_k = 5
-hard_negatives = 2
-random_negatives = 1
-"#,
-        data.display(),
-        out.display()
+    common::tiny_config_text(data, out, epochs, false).replacen(
+        "[train]\n",
+        &format!("[train]\n{train_extra}\n"),
+        1,
     )
 }
 

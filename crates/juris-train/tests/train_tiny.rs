@@ -21,52 +21,7 @@ fn config(data: &Path, out: &Path, epochs: usize, two_phases: bool) -> TrainConf
 
 /// The TOML of [`config`], for tests that change a line before parsing.
 fn config_text(data: &Path, out: &Path, epochs: usize, two_phases: bool) -> String {
-    let mut text = format!(
-        r#"
-[model]
-path = "tiny-random"
-max_len = 32
-[lora]
-r = 4
-alpha = 8
-dropout = 0.1
-[data]
-dir = "{}"
-eval_split = "dev"
-[train]
-out = "{}"
-seed = 7
-batch_size = 4
-grad_accum = 2
-lr = 5e-3
-warmup_ratio = 0.1
-temperature = 0.1
-checkpoint_every = 2
-[[phase]]
-name = "bm25"
-epochs = {epochs}
-negatives = "bm25"
-top_k = 5
-hard_negatives = 2
-random_negatives = 1
-"#,
-        data.display(),
-        out.display()
-    );
-    if two_phases {
-        text.push_str(
-            r#"
-[[phase]]
-name = "mined"
-epochs = 1
-negatives = "mined"
-top_k = 5
-hard_negatives = 2
-relative_margin = 0.05
-"#,
-        );
-    }
-    text
+    common::tiny_config_text(data, out, epochs, two_phases)
 }
 
 fn encoder() -> juris_ml::models::bert::BertEncoder {

@@ -183,3 +183,55 @@ pub fn write_dataset(dir: &Path) {
     std::fs::write(dir.join("qrels/train.tsv"), train).unwrap();
     std::fs::write(dir.join("qrels/dev.tsv"), dev).unwrap();
 }
+
+/// The TOML of a tiny training run on [`write_dataset`]'s data: the random BERT
+/// (`tiny-random`), one BM25-negatives phase of `epochs` epochs and, with `two_phases`, one
+/// epoch of re-mined negatives after it. Tests change lines before parsing it.
+pub fn tiny_config_text(data: &Path, out: &Path, epochs: usize, two_phases: bool) -> String {
+    let mut text = format!(
+        r#"
+[model]
+path = "tiny-random"
+max_len = 32
+[lora]
+r = 4
+alpha = 8
+dropout = 0.1
+[data]
+dir = "{}"
+eval_split = "dev"
+[train]
+out = "{}"
+seed = 7
+batch_size = 4
+grad_accum = 2
+lr = 5e-3
+warmup_ratio = 0.1
+temperature = 0.1
+checkpoint_every = 2
+[[phase]]
+name = "bm25"
+epochs = {epochs}
+negatives = "bm25"
+top_k = 5
+hard_negatives = 2
+random_negatives = 1
+"#,
+        data.display(),
+        out.display()
+    );
+    if two_phases {
+        text.push_str(
+            r#"
+[[phase]]
+name = "mined"
+epochs = 1
+negatives = "mined"
+top_k = 5
+hard_negatives = 2
+relative_margin = 0.05
+"#,
+        );
+    }
+    text
+}
