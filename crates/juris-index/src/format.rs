@@ -14,6 +14,7 @@
 //! | `postings.doc` | `u32 × P` | document numbers, ascending within each term |
 //! | `postings.tf` | `u32 × P` | occurrences of the term in that document (≥ 1) |
 //! | `postings.imp` | `f32 × P` | `impact − absent` of the posting under the manifest's scorer (see [`crate::scoring`]) |
+//! | `postings.skip` | `u32 × (⌊P/16⌋ + T)` | skip table: term `t`'s postings `a..b` form blocks of [`SKIP_BLOCK`] (the last may be shorter); the largest document of its block `j` is entry `⌊a/16⌋ + t + j` ([`skip_start`]); entries no term uses hold 0 |
 //! | `terms.w` | `f32 × 2T` | per term: `absent_t`, then the largest `postings.imp` value of the term (MaxScore bound) |
 //! | `docs.len` | `u32 × D` | document length in terms |
 //! | `ids.dat` | bytes | document ids (UTF-8), in document-number order, concatenated |
@@ -47,7 +48,43 @@ pub const MANIFEST: &str = "juris-index.json";
 /// The `format` field of every manifest.
 pub const FORMAT_NAME: &str = "juris-index";
 /// The format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Postings per block of the skip table, `postings.skip` (new in version 2). With 16
+/// entries a block's document numbers fill one cache line: a search that jumps far ahead
+/// in a long list finds the block in the small table, then reads one line of the list
+/// instead of galloping and binary-searching across many.
+pub const SKIP_BLOCK: usize = 16;
+
+/// Where term `t`'s blocks start in the skip table when its postings start at entry `a`.
+/// Term `t` needs `⌈df/16⌉` blocks and the next term starts at `⌊b/16⌋ + t + 1`, which is
+/// at least `⌊a/16⌋ + t + ⌈df/16⌉`: the terms' block ranges never overlap and no offsets
+/// table is needed, at the cost of at most one unused entry per term.
+pub fn skip_start(a: usize, t: usize) -> usize {
+    a / SKIP_BLOCK + t
+}
+
+/// Entries of the skip table of `p` postings and `t` terms.
+pub fn skip_len(p: u64, t: u64) -> u64 {
+    p / SKIP_BLOCK as u64 + t
+}
+
+/// The skip table of postings `post_doc` split into terms by the offsets `post_off` (as in
+/// `postings.off`), or `None` when the offsets do not fit the postings.
+pub fn build_skips(post_off: &[u64], post_doc: &[u32]) -> Option<Vec<u32>> {
+    let n_terms = post_off.len().checked_sub(1)?;
+    let mut skips = vec![0u32; skip_len(post_doc.len() as u64, n_terms as u64) as usize];
+    for (t, w) in post_off.windows(2).enumerate() {
+        let (a, b) = (usize::try_from(w[0]).ok()?, usize::try_from(w[1]).ok()?);
+        let docs = post_doc.get(a..b)?;
+        let start = skip_start(a, t);
+        let out = skips.get_mut(start..start + docs.len().div_ceil(SKIP_BLOCK))?;
+        for (slot, block) in out.iter_mut().zip(docs.chunks(SKIP_BLOCK)) {
+            *slot = block.last().copied().unwrap_or(0);
+        }
+    }
+    Some(skips)
+}
 
 /// File names of one generation.
 pub mod files {
@@ -65,6 +102,8 @@ pub mod files {
     pub const POSTINGS_TF: &str = "postings.tf";
     /// Postings impacts.
     pub const POSTINGS_IMP: &str = "postings.imp";
+    /// Skip table of the postings (largest document per block).
+    pub const POSTINGS_SKIP: &str = "postings.skip";
 
     /// Document lengths.
     pub const DOCS_LEN: &str = "docs.len";
@@ -79,7 +118,7 @@ pub mod files {
     /// Document store offsets.
     pub const STORE_OFF: &str = "store.off";
     /// Every file of a generation.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         TERMS_DAT,
         TERMS_OFF,
         TERMS_W,
@@ -87,6 +126,7 @@ pub mod files {
         POSTINGS_DOC,
         POSTINGS_TF,
         POSTINGS_IMP,
+        POSTINGS_SKIP,
         DOCS_LEN,
         IDS_DAT,
         IDS_OFF,

@@ -58,7 +58,7 @@ fn garbage_manifest() {
     assert_corrupt(Index::open(dir.path()), "juris-index.json");
     std::fs::write(
         dir.path().join("juris-index.json"),
-        br#"{"format":"juris-index","version":1}"#,
+        br#"{"format":"juris-index","version":2}"#,
     )
     .unwrap();
     assert_corrupt(Index::open(dir.path()), "juris-index.json");
@@ -83,20 +83,20 @@ fn wrong_version() {
     let mp = dir.path().join("juris-index.json");
     let text = std::fs::read_to_string(&mp)
         .unwrap()
-        .replace("\"version\": 1", "\"version\": 7");
+        .replace("\"version\": 2", "\"version\": 7");
     std::fs::write(&mp, text).unwrap();
     let err = Index::open(dir.path()).err().expect("must fail");
     assert!(matches!(
         err,
         IndexError::Version {
             found: 7,
-            expected: 1,
+            expected: 2,
             ..
         }
     ));
     let msg = err.to_string();
     assert!(
-        msg.contains("index format version 7, this juris reads 1: rebuild with `juris index"),
+        msg.contains("index format version 7, this juris reads 2: rebuild with `juris index"),
         "{msg}"
     );
 }
@@ -189,6 +189,34 @@ fn corrupt_postings_content_is_caught_at_search_and_verify() {
         )
         .unwrap();
     assert_eq!(a, b);
+}
+
+/// A skip table with the right size and wrong entries: `verify` names it, and a MaxScore
+/// search over it returns (possibly wrong) hits or an error, never a panic.
+#[test]
+fn corrupt_skip_table_is_caught_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = fresh(dir.path());
+    let p = gen_file(dir.path(), "postings.skip");
+    for fill in [0u32, 7, u32::MAX] {
+        let n = std::fs::metadata(&p).unwrap().len() as usize / 4;
+        let bytes: Vec<u8> = (0..n).flat_map(|_| fill.to_le_bytes()).collect();
+        std::fs::write(&p, bytes).unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        match index.verify() {
+            Err(IndexError::Corrupt { path, .. }) => assert!(path.ends_with("postings.skip")),
+            other => panic!("expected Corrupt(postings.skip), got {other:?}"),
+        }
+        for (_, terms) in corpus.iter().take(20) {
+            let _ = index.search_terms_with(
+                terms,
+                &juris_index::SearchOptions {
+                    k: 10,
+                    strategy: juris_index::Strategy::MaxScore,
+                },
+            );
+        }
+    }
 }
 
 #[test]

@@ -268,3 +268,21 @@ fn raw_documents_are_analyzed_when_an_analyzer_is_available() {
     assert_eq!(hits.first().map(|h| h.doc), Some(0));
     assert!(index.doc(0).unwrap().meta.lang.is_some());
 }
+
+/// Several MaxScore windows (4,096 documents each) and long lists whose probes go through
+/// the skip table, with 20 exact copies of a block of documents spread over the collection
+/// (ties across windows, as in the scifact × 97 benchmark).
+#[test]
+fn maxscore_equals_exhaustive_across_windows() {
+    let base = random_corpus(97, 700, 300);
+    let mut corpus = Vec::new();
+    for c in 0..20 {
+        corpus.extend(base.iter().map(|(id, t)| (format!("{id}#{c}"), t.clone())));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let index = common::build(dir.path(), &corpus, ScorerConfig::default());
+    index.verify().unwrap();
+    let mut r = Rng(5);
+    let queries: Vec<Vec<String>> = (0..25).map(|_| random_query(&mut r, 300)).collect();
+    check_maxscore(&index, &queries);
+}

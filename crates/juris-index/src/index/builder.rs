@@ -749,7 +749,13 @@ impl IndexBuilder {
         let mut w = FileWriter::create(&tmp, files::POSTINGS_DOC)?;
         w.write_u32s(&post_doc)?;
         entries.push(w.finish()?);
+        let skips = format::build_skips(&post_off, &post_doc)
+            .ok_or_else(|| IndexError::corrupt(&tmp, "internal: inconsistent postings offsets"))?;
         drop(post_doc);
+        let mut w = FileWriter::create(&tmp, files::POSTINGS_SKIP)?;
+        w.write_u32s(&skips)?;
+        entries.push(w.finish()?);
+        drop(skips);
         let mut w = FileWriter::create(&tmp, files::POSTINGS_TF)?;
         w.write_u32s(&post_tf)?;
         entries.push(w.finish()?);

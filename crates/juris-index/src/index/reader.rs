@@ -24,6 +24,7 @@ pub(crate) struct Data {
     post_doc: Column<u32>,
     post_tf: Column<u32>,
     post_imp: Column<f32>,
+    post_skip: Column<u32>,
     doc_len: Column<u32>,
     ids_dat: Bytes,
     ids_off: Column<u64>,
@@ -96,6 +97,7 @@ impl Data {
             post_doc: col_u32(files::POSTINGS_DOC, p)?,
             post_tf: col_u32(files::POSTINGS_TF, p)?,
             post_imp: col_f32(files::POSTINGS_IMP, p)?,
+            post_skip: col_u32(files::POSTINGS_SKIP, format::skip_len(p, t))?,
             doc_len: col_u32(files::DOCS_LEN, d)?,
             ids_dat: Bytes::open(&gen_dir.join(files::IDS_DAT), size(files::IDS_DAT)?)?,
             ids_off: col_u64(files::IDS_OFF, d + 1)?,
@@ -318,6 +320,22 @@ impl Data {
 
     pub(crate) fn post_doc(&self) -> &[u32] {
         self.post_doc.as_slice()
+    }
+
+    /// The skip table entries of term `t`, whose postings are `a..b`
+    /// ([`format::skip_start`]).
+    pub(crate) fn skips(&self, t: u32, a: usize, b: usize) -> Result<&[u32], IndexError> {
+        let start = format::skip_start(a, t as usize);
+        let n = b.saturating_sub(a).div_ceil(format::SKIP_BLOCK);
+        self.post_skip
+            .as_slice()
+            .get(start..start + n)
+            .ok_or_else(|| {
+                IndexError::corrupt(
+                    self.file_path(files::POSTINGS_SKIP),
+                    format!("no skip entries for term {t}"),
+                )
+            })
     }
 
     fn compute_weights(&self, cfg: &ScorerConfig) -> Result<weights::Weights, IndexError> {
@@ -610,6 +628,15 @@ impl Index {
                 return Err(IndexError::corrupt(
                     d.file_path(files::POSTINGS_TF),
                     format!("zero tf in term {t}"),
+                ));
+            }
+            let (a, b) = d.postings_range(t)?;
+            let skips = d.skips(t, a, b)?;
+            let blocks = docs.chunks(format::SKIP_BLOCK).map(|c| c[c.len() - 1]);
+            if !blocks.eq(skips.iter().copied()) {
+                return Err(IndexError::corrupt(
+                    d.file_path(files::POSTINGS_SKIP),
+                    format!("skip entries of term {t} differ from its postings"),
                 ));
             }
         }
