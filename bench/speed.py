@@ -4,7 +4,10 @@ Corpora: scifact (5,183 docs) and scifact x97 (502,751 docs: 97 copies, ids suff
 For each: index build time and peak RSS (one process per build, raw corpus.jsonl in, index on
 disk out, tokenization included for both), then queries/s and peak RSS of a search process
 (queries tokenized inside the timed loop for both; juris times its loop internally and prints
-it, bm25s's loop is timed after numba's JIT warm-up). k = 10. Medians of --runs runs.
+it, bm25s's loop is timed after numba's JIT warm-up). Each search process runs the batch
+3 times and reports its median pass, on both sides (bm25s_speed.py REPS 3, juris
+`--passes 3`; until 2026-11-24 20:50 UTC juris timed a single pass). k = 10. Medians of
+--runs runs.
 Writes bench/out/speed.json and prints a Markdown table with juris/bm25s ratios.
 
 usage: bench/.venv/bin/python bench/speed.py [--runs 3] [--copies 97] [--skip-large] [--search-only]
@@ -81,7 +84,7 @@ def measure(name, corpus, queries, n_queries, runs, search_only=False):
     jq, jsr, bq, bsr = [], [], [], []
     for i in range(runs):
         _, rss, _, err = timed([JURIS, "--threads", "1", "-q", "search", "--index", work / "juris-index",
-                                "--queries", queries, "--output", work / "run.trec", "-k", "10"])
+                                "--queries", queries, "--output", work / "run.trec", "-k", "10", "--passes", "3"])
         m = re.search(r"searched (\d+) queries in ([0-9.]+)s", err)
         jq.append(int(m.group(1)) / float(m.group(2))); jsr.append(rss)
         _, rss, out, _ = timed([sys.executable, ROOT / "bench" / "bm25s_speed.py", "search", work / "bm25s-index", queries, "3"])

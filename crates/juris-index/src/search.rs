@@ -543,6 +543,31 @@ fn scan_block(docs: &[u32], pos: usize, j: usize, target: u32) -> usize {
             .unwrap_or(end - start)
 }
 
+/// Adds `weight(imp[i])` into `acc[docs[i] & mask]` for every posting; `acc` has `mask + 1`
+/// entries, so the mask keeps every index in bounds without a check. Eight postings per
+/// step: callgrind per scifact query 24k → 20k instructions for the ~3,650 postings (the
+/// compiler's own unrolling by two kept a loop counter and a bounds test per pair).
+#[inline(always)]
+fn add_postings(
+    acc: &mut [f32],
+    mask: usize,
+    docs: &[u32],
+    imp: &[f32],
+    weight: impl Fn(f32) -> f32,
+) {
+    let (d8, d_rest) = docs.as_chunks::<8>();
+    let (x8, x_rest) = imp.as_chunks::<8>();
+    for (d, x) in d8.iter().zip(x8) {
+        for (&d, &x) in d.iter().zip(x) {
+            acc[d as usize & mask] += weight(x);
+        }
+    }
+    // `docs` and `imp` have the same length, so their remainders pair up.
+    for (&d, &x) in d_rest.iter().zip(x_rest) {
+        acc[d as usize & mask] += weight(x);
+    }
+}
+
 /// MaxScore prefetches the first non-essential list's block for the candidate this many
 /// places ahead (measured on scifact × 97: 1 to 4 within noise, 8 slower).
 const LOOKAHEAD: usize = 3;
@@ -885,7 +910,8 @@ impl Index {
         let last = n - 1;
         // A power-of-two accumulator lets `d & mask` keep every index in bounds with one
         // instruction (a `min(last)` cost ~4 per posting); the padding past `n` only ever
-        // receives postings of a corrupt list, reported below.
+        // receives postings of a corrupt list, reported below, and is never read, so it is
+        // not reset either (resetting it cost ~2 % of a scifact query).
         let size = n.next_power_of_two();
         let mask = size - 1;
         SCAN_BUF.with(|cell| {
@@ -912,16 +938,11 @@ impl Index {
                 if w == 1.0 {
                     // Most query terms occur once; `1.0 * x` is exactly `x`, so skipping the
                     // multiply changes no bit (one instruction less per posting).
-                    for (&d, &x) in docs.iter().zip(imp) {
-                        acc[d as usize & mask] += x;
-                    }
+                    add_postings(acc, mask, docs, imp, |x| x);
                 } else {
-                    for (&d, &x) in docs.iter().zip(imp) {
-                        acc[d as usize & mask] += w * x;
-                    }
+                    add_postings(acc, mask, docs, imp, |x| w * x);
                 }
             }
-            acc[n..].fill(-0.0);
             let mut top = TopK::new(k);
             scan_reset(&mut acc[..n], 0, absent, &mut top);
             if beyond {

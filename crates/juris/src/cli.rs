@@ -328,6 +328,10 @@ struct SearchArgs {
     /// Print hits as JSON lines (free-text search).
     #[arg(long)]
     json: bool,
+    /// Batch search only: run the whole batch this many times and report the median time
+    /// of a pass (for benchmarks; bm25s's own benchmark reports a median of passes too).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    passes: u32,
     #[command(flatten)]
     scorer: ScorerArgs,
     #[command(flatten)]
@@ -617,8 +621,17 @@ fn search_with(
         (None, Some(queries), Some(output), r) => {
             let queries = read_queries(queries)?;
             let run = match r {
-                None => run_batch(index, &queries, lang, a.k, &a.tag, bar)?,
-                Some(r) => run_retriever(index, r.as_ref(), &queries, lang, a.k, &a.tag, bar)?,
+                None => run_batch(index, &queries, lang, a.k, &a.tag, a.passes, bar)?,
+                Some(r) => run_retriever(
+                    index,
+                    r.as_ref(),
+                    &queries,
+                    lang,
+                    a.k,
+                    &a.tag,
+                    a.passes,
+                    bar,
+                )?,
             };
             run.write_trec(output)?;
             eprintln!("wrote {} queries to {}", queries.len(), output.display());

@@ -60,7 +60,7 @@ pub fn run(args: DemoArgs, bar: &Bar) -> Result<()> {
         println!();
     }
 
-    let run = run_batch(&index, &queries, None, 10, "juris-demo", bar)?;
+    let run = run_batch(&index, &queries, None, 10, "juris-demo", 1, bar)?;
     let run_path = dir.join("run.trec");
     run.write_trec(&run_path)?;
     let qrels = Qrels::read(&dir.join("qrels.tsv"))?;

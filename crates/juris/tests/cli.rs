@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fails, ok, s, write_inputs};
+use common::{fails, juris, ok, s, write_inputs};
 use std::fs;
 use std::path::PathBuf;
 
@@ -122,6 +122,43 @@ fn index_search_eval_round_trip() {
     let top: serde_json::Value = serde_json::from_str(hits.lines().next().unwrap()).unwrap();
     assert_eq!(top["id"], "minpo:90");
     assert_eq!(top["title"], "公序良俗");
+}
+
+/// `--passes 3` runs the batch three times, writes the same run as one pass and says that
+/// its time is a median; `--passes 0` is refused.
+#[test]
+fn search_passes_repeat_the_batch() {
+    let f = Fixture::new();
+    let once = f.search_run();
+    let run = f.path("run3.trec");
+    let out = juris(&[
+        "search",
+        "--index",
+        s(&f.index),
+        "--queries",
+        s(&f.path("queries.jsonl")),
+        "--output",
+        s(&run),
+        "-k",
+        "10",
+        "--passes",
+        "3",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("median of 3 passes"), "{stderr}");
+    assert_eq!(fs::read_to_string(run).unwrap(), once);
+    fails(&[
+        "search",
+        "--index",
+        s(&f.index),
+        "--queries",
+        s(&f.path("queries.jsonl")),
+        "--output",
+        s(&f.path("run0.trec")),
+        "--passes",
+        "0",
+    ]);
 }
 
 #[test]
