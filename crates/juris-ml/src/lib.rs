@@ -11,6 +11,9 @@
 //! Generation has its own seam, [`Generator`] (a conversation in, text streamed out), with
 //! [`GgufGenerator`] over the same decoders using their KV-cache path.
 //!
+//! Reranking has the [`rerank::Reranker`] seam: [`rerank::CrossEncoder`] reads a query and a
+//! passage together through any [`Encoder`] and scores the pair.
+//!
 //! LoRA: [`lora`] holds the adapter and its PEFT format; encoders take adapters through
 //! [`load_encoder_with_adapter`], decoders through [`decoder_lora`] (QLoRA training on a
 //! quantized base, inference with an adapter, merged GGUF export).
@@ -36,6 +39,7 @@ pub mod lora_linear;
 pub mod models;
 pub mod nn;
 pub mod presets;
+pub mod rerank;
 pub mod tokenize;
 mod train_grads;
 pub mod train_ops;

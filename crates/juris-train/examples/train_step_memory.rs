@@ -80,6 +80,7 @@ fn main() {
         passages: ds.iter().map(String::as_str).collect(),
         targets: (0..queries).map(|i| i * per_query).collect(),
         excluded: Vec::new(),
+        pair_query: Vec::new(),
     };
     let vars: Vec<Var> = m.lora().named_vars().into_iter().map(|(_, v)| v).collect();
     eprintln!(

@@ -24,6 +24,11 @@ pub struct TrainConfig {
     /// Phases run in order (`[[phase]]` tables), each with its own negatives.
     #[serde(rename = "phase")]
     pub phases: Vec<PhaseConfig>,
+    /// `[rerank]`: train a cross-encoder (reranker) instead of a bi-encoder. Absent for
+    /// bi-encoders (and then left out of the serialized config, so that the resume digests
+    /// of configs written before the section existed do not change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<RerankSection>,
     /// The file the config was read from ([`TrainConfig::load`] / [`TrainConfig::parse`]),
     /// so that errors found later (a precision the device cannot run) name it. Not a key
     /// of the file and not part of the config's digest.
@@ -106,6 +111,24 @@ pub struct DataConfig {
     /// Split evaluated after each epoch (none: no evaluation, no early stopping).
     #[serde(default)]
     pub eval_split: Option<String>,
+    /// A TREC run of a first-stage retriever (e.g. `juris search --mode hybrid`) over the
+    /// training and evaluation queries: phases with `negatives = "candidates"` take their
+    /// hard negatives from it, and a cross-encoder (`[rerank]`) is evaluated by reranking
+    /// its hits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<PathBuf>,
+}
+
+/// `[rerank]`: the model is trained as a cross-encoder ([`juris_ml::rerank`]): each query
+/// is read together with each of its passages (its positive and its hard and random
+/// negatives, never other queries' passages), and InfoNCE runs over that group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerankSection {
+    /// Hits of `[data] candidates` reranked per query in the dev evaluation (the hits below
+    /// keep their order after them), as `juris rerank --depth` does.
+    #[serde(default = "d_rerank_depth")]
+    pub depth: usize,
 }
 
 /// `[train]`.
@@ -229,6 +252,9 @@ pub enum NegativeSource {
     Bm25,
     /// The current model's dense top-k, positives and likely false negatives removed.
     Mined,
+    /// The top-k of the query in `[data] candidates` (a first-stage TREC run), positives
+    /// removed (and the first `skip_top` non-positives skipped).
+    Candidates,
 }
 
 /// One `[[phase]]`.
@@ -265,6 +291,9 @@ pub struct PhaseConfig {
     pub lr: Option<f64>,
 }
 
+fn d_rerank_depth() -> usize {
+    20
+}
 fn d_max_len() -> usize {
     128
 }
@@ -449,6 +478,33 @@ impl TrainConfig {
             }
             if !(0.0..1.0).contains(&p.relative_margin) {
                 return bad(&key("relative_margin"), "must be in [0, 1)");
+            }
+            if p.negatives == NegativeSource::Candidates && self.data.candidates.is_none() {
+                return bad(
+                    &key("negatives"),
+                    "\"candidates\" needs [data] candidates = \"<run.trec>\" (a first-stage \
+                     TREC run over the training queries)",
+                );
+            }
+            if p.negatives == NegativeSource::Mined && self.rerank.is_some() {
+                return bad(
+                    &key("negatives"),
+                    "\"mined\" ranks the corpus with the model as a bi-encoder; a \
+                     cross-encoder ([rerank]) takes its negatives from \"candidates\" or \
+                     \"bm25\"",
+                );
+            }
+        }
+        if let Some(r) = &self.rerank {
+            if r.depth == 0 {
+                return bad("rerank.depth", "must be at least 1");
+            }
+            if self.data.candidates.is_none() {
+                return bad(
+                    "rerank",
+                    "a cross-encoder is evaluated by reranking a first-stage run: set [data] \
+                     candidates = \"<run.trec>\"",
+                );
             }
         }
         Ok(())

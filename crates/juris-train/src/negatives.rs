@@ -8,6 +8,8 @@
 //!   scoring above `(1 - relative_margin) ×` the weakest positive's score dropped as likely
 //!   unlabeled positives (the false-negative guard of sentence-transformers'
 //!   `mine_hard_negatives`); optionally the first `skip_top` non-positives skipped too.
+//! * Candidates: the query's top-k in a first-stage TREC run (e.g. a hybrid run, the
+//!   candidates a reranker will see), positives removed, the first `skip_top` skipped.
 //! * Random ("easy"): passages drawn uniformly, positives excluded.
 
 use std::io::Write;
@@ -90,6 +92,60 @@ pub fn bm25_negatives(
             }
         }
         let random = random_pool(ds, &q.positives, pool_size(random_per_batch), &mut rng);
+        out.push(QueryNegatives {
+            qid: q.id.clone(),
+            hard,
+            random,
+        });
+    }
+    Ok(out)
+}
+
+/// Negatives from a first-stage run: the query's ranked hits, positives removed, the
+/// phase's `skip_top` skipped, then `top_k` taken; hits naming a passage the corpus lacks
+/// are an error (the run belongs to another corpus). A training query the run lacks gets
+/// only random negatives.
+pub fn candidate_negatives(
+    ds: &Dataset,
+    split: &Split,
+    run: &juris_eval::Run,
+    run_path: &Path,
+    phase: &PhaseConfig,
+    seed: u64,
+) -> Result<Vec<QueryNegatives>> {
+    let mut rng = SplitMix64(seed);
+    let mut out = Vec::with_capacity(split.queries.len());
+    for q in &split.queries {
+        let mut hard = Vec::with_capacity(phase.top_k);
+        let mut skipped = 0;
+        for (doc, _) in run.ranked(&q.id) {
+            let Some(&j) = ds.doc_pos.get(doc) else {
+                return Err(TrainError::Data(format!(
+                    "{}: query {} ranks passage '{doc}', which {} does not have; the run \
+                     must come from an index of this corpus",
+                    run_path.display(),
+                    q.id,
+                    ds.dir.join("corpus.jsonl").display()
+                )));
+            };
+            if q.positives.binary_search(&j).is_ok() {
+                continue;
+            }
+            if skipped < phase.skip_top {
+                skipped += 1;
+                continue;
+            }
+            if hard.len() == phase.top_k {
+                break;
+            }
+            hard.push(doc.to_string());
+        }
+        let random = random_pool(
+            ds,
+            &q.positives,
+            pool_size(phase.random_negatives),
+            &mut rng,
+        );
         out.push(QueryNegatives {
             qid: q.id.clone(),
             hard,
@@ -233,6 +289,49 @@ mod tests {
         assert_eq!(
             hard("relative_margin = 0.05\nskip_top = 5"),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn candidate_negatives_follow_the_run_without_positives() {
+        let (ds, split, _) = setup();
+        let mut run = juris_eval::Run::new("t");
+        for (d, s) in [
+            ("d3", 5.0),
+            ("d0", 4.0),
+            ("d1", 3.0),
+            ("d5", 2.0),
+            ("d2", 1.0),
+        ] {
+            run.push("q0", d, s).unwrap();
+        }
+        let path = Path::new("first.trec");
+        let phase = |extra: &str| -> PhaseConfig {
+            toml::from_str(&format!(
+                "name = \"p\"\nnegatives = \"candidates\"\ntop_k = 2\n{extra}"
+            ))
+            .unwrap()
+        };
+        let hard = |extra: &str| {
+            candidate_negatives(&ds, &split, &run, path, &phase(extra), 1).unwrap()[0]
+                .hard
+                .clone()
+        };
+        // Run order, the positive d0 left out, top_k 2.
+        assert_eq!(hard(""), ["d3", "d1"]);
+        assert_eq!(hard("skip_top = 1"), ["d1", "d5"]);
+        assert_eq!(hard("skip_top = 3"), ["d2"]);
+        // The random pool never holds the positive.
+        let negs = candidate_negatives(&ds, &split, &run, path, &phase(""), 1).unwrap();
+        assert!(!negs[0].random.is_empty() && !negs[0].random.contains(&"d0".to_string()));
+        // A passage the corpus lacks: the error names the run, the query and the passage.
+        run.push("q0", "gone", 0.5).unwrap();
+        let e = candidate_negatives(&ds, &split, &run, path, &phase("skip_top = 9"), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("first.trec") && e.contains("q0") && e.contains("'gone'"),
+            "{e}"
         );
     }
 }

@@ -30,6 +30,7 @@ use juris_ml::grad_checkpoint;
 use juris_ml::lora::{LoraAdapter, LoraConfig, LoraTrain, SplitMix64};
 use juris_ml::models::bert::BertEncoder;
 use juris_ml::models::decoder_layers::WeightMode;
+use juris_ml::rerank::{pair_text, ANCHOR};
 use juris_ml::{DeviceChoice, EncoderOptions, TextRole};
 use serde_json::json;
 
@@ -345,6 +346,16 @@ pub fn train_model(
             .map(|d| format!(", {} dev queries", d.queries.len()))
             .unwrap_or_default()
     ));
+    let candidates = match &cfg.data.candidates {
+        Some(path) => {
+            Some(Run::read(path).map_err(|e| TrainError::Data(format!("[data] candidates: {e}")))?)
+        }
+        None => None,
+    };
+    let eval_dev = |dev: &Split| match (&cfg.rerank, &candidates) {
+        (Some(r), Some(run)) => evaluate_rerank(model, &ds, dev, cfg, run, r.depth, progress),
+        _ => evaluate_dense(model, &ds, dev, cfg, progress),
+    };
     let device = model.device().clone();
     let lora = model.lora();
     let named = lora.named_vars();
@@ -386,7 +397,7 @@ pub fn train_model(
             let (mut best, mut best_phase) = (None, None);
             if let Some(dev) = &dev {
                 note("evaluating the base model on the dev split");
-                let m = evaluate_dense(model, &ds, dev, cfg, progress)?;
+                let m = eval_dev(dev)?;
                 report::append(
                     &metrics_path,
                     &json!({"step": 0, "phase": "zero-shot", "dev": metrics_json(&m)}),
@@ -429,7 +440,16 @@ pub fn train_model(
     'phases: while state.phase < cfg.phases.len() && !state.done {
         let pi = state.phase;
         let ph = &cfg.phases[pi];
-        let negs = phase_negatives(cfg, pi, &ds, &train_split, model, progress, note)?;
+        let negs = phase_negatives(
+            cfg,
+            pi,
+            &ds,
+            &train_split,
+            model,
+            candidates.as_ref(),
+            progress,
+            note,
+        )?;
         let by_qid: HashMap<&str, &QueryNegatives> =
             negs.iter().map(|n| (n.qid.as_str(), n)).collect();
         let total = steps_per_epoch * ph.epochs as u64;
@@ -461,6 +481,7 @@ pub fn train_model(
                         idx,
                         ph,
                         &[t.seed, SALT_SAMPLE, pi as u64, epoch as u64],
+                        cfg.rerank.is_some(),
                     );
                     prof.lap(&device, "batch")?;
                     let m = micro_step(
@@ -540,7 +561,7 @@ pub fn train_model(
             state.step_in_epoch = 0;
             let mut stop_phase = false;
             if let Some(dev) = &dev {
-                let m = evaluate_dense(model, &ds, dev, cfg, progress)?;
+                let m = eval_dev(dev)?;
                 let value = metric_value(&m, &metric);
                 note(&format!(
                     "{} epoch {}: dev {}",
@@ -641,7 +662,7 @@ pub fn train_model(
     lora.to_adapter()?.save(&adapter_dir)?;
     let final_dev = match &dev {
         Some(dev) => {
-            let m = evaluate_dense(model, &ds, dev, cfg, progress)?;
+            let m = eval_dev(dev)?;
             Some(m)
         }
         None => None,
@@ -666,6 +687,7 @@ fn phase_negatives(
     ds: &Dataset,
     split: &Split,
     model: &dyn RetrievalModel,
+    candidates: Option<&Run>,
     progress: &dyn Progress,
     note: &dyn Fn(&str),
 ) -> Result<Vec<QueryNegatives>> {
@@ -712,6 +734,25 @@ fn phase_negatives(
             let scores = score_matrix(&qs, &docs, model.hidden_size())?;
             negatives::mined_negatives(ds, split, &scores, ph, seed)
         }
+        NegativeSource::Candidates => {
+            // The config check guarantees the run is set; it was read at the start.
+            let (Some(run), Some(path)) = (candidates, &cfg.data.candidates) else {
+                return Err(TrainError::Data(
+                    "negatives = \"candidates\" needs [data] candidates".into(),
+                ));
+            };
+            note(&format!(
+                "{}: negatives from the first-stage run {} (top {}{})",
+                ph.name,
+                path.display(),
+                ph.top_k,
+                match ph.skip_top {
+                    0 => String::new(),
+                    n => format!(" after the first {n}"),
+                }
+            ));
+            negatives::candidate_negatives(ds, split, run, path, ph, seed)?
+        }
     };
     negatives::write_jsonl(&path, &negs)?;
     Ok(negs)
@@ -729,6 +770,10 @@ pub struct Batch<'a> {
     pub targets: Vec<usize>,
     /// `(query, passage)` pairs where the passage is another positive of the query.
     pub excluded: Vec<(usize, usize)>,
+    /// Cross-encoder batches only (empty for a bi-encoder): the query each passage is read
+    /// with. The query pass then embeds [`juris_ml::rerank::ANCHOR`] once, and `excluded`
+    /// leaves each query only its own passages.
+    pub pair_query: Vec<usize>,
 }
 
 /// The queries at `idx` of the split with a sampled positive, hard and random negatives
@@ -740,11 +785,13 @@ fn sample_batch<'a>(
     idx: &[usize],
     ph: &PhaseConfig,
     seed_parts: &[u64],
+    cross: bool,
 ) -> Batch<'a> {
     let mut queries = Vec::with_capacity(idx.len());
     let mut docs: Vec<usize> = Vec::new();
     let mut targets = Vec::with_capacity(idx.len());
-    for &i in idx {
+    let mut pair_query = Vec::new();
+    for (k, &i) in idx.iter().enumerate() {
         let q = &split.queries[i];
         let mut parts = seed_parts.to_vec();
         parts.push(i as u64);
@@ -771,12 +818,18 @@ fn sample_batch<'a>(
             .unwrap_or_default();
         docs.extend(hard);
         docs.extend(random);
+        if cross {
+            pair_query.resize(docs.len(), k);
+        }
     }
     let mut excluded = Vec::new();
     for (k, &i) in idx.iter().enumerate() {
         let pos = &split.queries[i].positives;
         for (j, d) in docs.iter().enumerate() {
-            if pos.binary_search(d).is_ok() {
+            // A cross-encoder compares a query's own passages only: another query's pairs
+            // (its positive among them) say nothing about this one.
+            let other_group = cross && pair_query[j] != k;
+            if other_group || pos.binary_search(d).is_ok() {
                 excluded.push((k, j));
             }
         }
@@ -786,6 +839,7 @@ fn sample_batch<'a>(
         passages: docs.iter().map(|&d| ds.doc_texts[d].as_str()).collect(),
         targets,
         excluded,
+        pair_query,
     }
 }
 
@@ -818,10 +872,29 @@ pub fn micro_step(
     let device = model.device().clone();
     let lora = model.lora();
     let qmax = cfg.model.query_max_len.unwrap_or(cfg.model.max_len);
-    let passes = [
-        model.train_pass(&batch.queries, TextRole::Query, qmax)?,
-        model.train_pass(&batch.passages, TextRole::Passage, cfg.model.max_len)?,
-    ];
+    let cross = !batch.pair_query.is_empty();
+    let passes = if cross {
+        let pairs = cross_pairs(batch)?;
+        let refs: Vec<&str> = pairs.iter().map(String::as_str).collect();
+        [
+            model.train_pass(&[ANCHOR], TextRole::Query, qmax)?,
+            model.train_pass(&refs, TextRole::Passage, cfg.model.max_len)?,
+        ]
+    } else {
+        [
+            model.train_pass(&batch.queries, TextRole::Query, qmax)?,
+            model.train_pass(&batch.passages, TextRole::Passage, cfg.model.max_len)?,
+        ]
+    };
+    // A cross-encoder's one anchor row stands for every query of the batch.
+    let rows = |q: Tensor| -> Result<Tensor> {
+        if cross {
+            let h = q.dim(1)?;
+            Ok(q.broadcast_as((batch.queries.len(), h))?.contiguous()?)
+        } else {
+            Ok(q)
+        }
+    };
     prof.lap(&device, "inputs")?;
     let seeds = [mix(&[dropout_seed, 0]), mix(&[dropout_seed, 1])];
     let tau = cfg.train.temperature;
@@ -835,7 +908,7 @@ pub fn micro_step(
             saved.push(inputs);
             lasts.push(Var::from_tensor(&last)?);
         }
-        let q = passes[0].head(lasts[0].as_tensor())?;
+        let q = rows(passes[0].head(lasts[0].as_tensor())?)?;
         let d = passes[1].head(lasts[1].as_tensor())?;
         let loss = info_nce(&q, &d, &batch.targets, &batch.excluded, tau)?;
         prof.lap(&device, "forward")?;
@@ -867,7 +940,13 @@ pub fn micro_step(
             lora.set_dropout_seed(Some(seed));
             emb.push(pass.embed()?);
         }
-        let loss = info_nce(&emb[0], &emb[1], &batch.targets, &batch.excluded, tau)?;
+        let loss = info_nce(
+            &rows(emb[0].clone())?,
+            &emb[1],
+            &batch.targets,
+            &batch.excluded,
+            tau,
+        )?;
         prof.lap(&device, "forward")?;
         let grads = (&loss * weight)?.backward()?;
         grad_checkpoint::add_var_grads(&grads, vars, &mut sums)?;
@@ -885,6 +964,22 @@ pub fn micro_step(
         grads: sums,
         lengths,
     })
+}
+
+/// The texts a cross-encoder batch's passages are read as: each with its query.
+fn cross_pairs(batch: &Batch) -> Result<Vec<String>> {
+    batch
+        .passages
+        .iter()
+        .zip(&batch.pair_query)
+        .map(|(p, &k)| match batch.queries.get(k) {
+            Some(q) => Ok(pair_text(q, p)),
+            None => Err(TrainError::Data(format!(
+                "cross-encoder batch: passage paired with query {k} of {}",
+                batch.queries.len()
+            ))),
+        })
+        .collect()
 }
 
 /// With `select_across_phases` and `[lora] init`, the name under which the starting adapter
@@ -979,17 +1074,90 @@ fn evaluate_dense(
                 .map_err(|e| TrainError::Data(e.to_string()))?;
         }
     }
+    Ok(run_metrics(&run, split, cfg))
+}
+
+/// The dev metrics of a cross-encoder: each query's top `depth` hits of the first-stage
+/// `candidates` run reranked by the model (anchor · pair), the hits below kept in their
+/// order after them, as `juris rerank` ranks them. Pairs are cut at `eval_max_len` (else
+/// the training passage length).
+fn evaluate_rerank(
+    model: &dyn RetrievalModel,
+    ds: &Dataset,
+    split: &Split,
+    cfg: &TrainConfig,
+    candidates: &Run,
+    depth: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<(String, f64)>> {
+    let max_len = cfg.model.eval_max_len.unwrap_or(cfg.model.max_len);
+    let mut pairs: Vec<String> = Vec::new();
+    let mut lists: Vec<Vec<&str>> = Vec::with_capacity(split.queries.len());
+    for q in &split.queries {
+        let hits: Vec<&str> = candidates
+            .ranked(&q.id)
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        for d in hits.iter().take(depth) {
+            let Some(&j) = ds.doc_pos.get(*d) else {
+                return Err(TrainError::Data(format!(
+                    "[data] candidates: query {} ranks passage '{d}', which the corpus does \
+                     not have",
+                    q.id
+                )));
+            };
+            pairs.push(pair_text(&q.text, &ds.doc_texts[j]));
+        }
+        lists.push(hits);
+    }
+    if lists.iter().all(Vec::is_empty) {
+        return Err(TrainError::Data(
+            "[data] candidates ranks none of the evaluation queries".into(),
+        ));
+    }
+    let h = model.hidden_size();
+    let anchor = model.lora().without_graph(|| -> Result<Vec<f32>> {
+        Ok(model
+            .embed_train(&[ANCHOR], TextRole::Query, max_len)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?)
+    })?;
+    let vecs = encode_all(model, &pairs, TextRole::Passage, cfg, max_len, progress)?;
+    let mut run = Run::new("juris-train");
+    let mut at = 0;
+    for (q, hits) in split.queries.iter().zip(&lists) {
+        let n = hits.len().min(depth);
+        for (r, d) in hits.iter().enumerate() {
+            // Reranked scores are cosines (≥ -1), lifted above the tail's negative ranks.
+            let score = if r < n {
+                let v = &vecs[(at + r) * h..(at + r + 1) * h];
+                2.0 + v.iter().zip(&anchor).map(|(a, b)| a * b).sum::<f32>() as f64
+            } else {
+                -(r as f64)
+            };
+            run.push(q.id.clone(), d.to_string(), score)
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+        }
+        at += n;
+    }
+    Ok(run_metrics(&run, split, cfg))
+}
+
+/// The dev metrics (and the config's selection metric) of `run` on `split`.
+fn run_metrics(run: &Run, split: &Split, cfg: &TrainConfig) -> Vec<(String, f64)> {
     let mut metrics = dev_metrics();
     if let Ok(m) = Metric::parse(&cfg.train.metric) {
         if !metrics.contains(&m) {
             metrics.push(m);
         }
     }
-    let report = evaluate(&run, &split.qrels, &metrics, MissingPolicy::Zero);
-    Ok(metrics
+    let report = evaluate(run, &split.qrels, &metrics, MissingPolicy::Zero);
+    metrics
         .iter()
         .map(|m| (m.to_string(), report.mean(*m).unwrap_or(0.0)))
-        .collect())
+        .collect()
 }
 
 fn metrics_json(m: &[(String, f64)]) -> serde_json::Value {

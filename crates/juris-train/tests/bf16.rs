@@ -75,6 +75,7 @@ fn batch() -> Batch<'static> {
         ],
         targets: vec![0, 2, 4],
         excluded: vec![],
+        pair_query: vec![],
     }
 }
 

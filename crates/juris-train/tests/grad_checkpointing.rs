@@ -35,6 +35,7 @@ fn grads(model: &BertRetrieval, checkpointing: bool, dropout_seed: u64) -> (f64,
         ],
         targets: vec![0, 2, 4],
         excluded: vec![(1, 5)],
+        pair_query: vec![],
     };
     let vars: Vec<Var> = model
         .lora

@@ -35,6 +35,17 @@ fn losses(out: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// The mean loss of the last 3 logged steps is below 70 % of the first 3's.
+fn assert_loss_falls(out: &Path) {
+    let l = losses(out);
+    let first: f64 = l[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(
+        last < 0.7 * first,
+        "loss did not fall: {first:.4} -> {last:.4} ({l:?})"
+    );
+}
+
 #[test]
 fn loss_falls_on_a_tiny_model() {
     let tmp = tempfile::tempdir().unwrap();
@@ -47,14 +58,8 @@ fn loss_falls_on_a_tiny_model() {
     assert!(o.finished);
     // 24 queries / (4 × 2) = 3 steps per epoch.
     assert_eq!(o.steps, 18);
-    let l = losses(&out);
-    assert_eq!(l.len(), 18);
-    let first: f64 = l[..3].iter().sum::<f64>() / 3.0;
-    let last: f64 = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
-    assert!(
-        last < 0.7 * first,
-        "loss did not fall: {first:.4} -> {last:.4} ({l:?})"
-    );
+    assert_eq!(losses(&out).len(), 18);
+    assert_loss_falls(&out);
     for f in [
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
@@ -358,13 +363,7 @@ fn full_fine_tuning_loss_falls_and_saves_a_full_update() {
     let enc = encoder();
     let o = train_with(&cfg, &enc, &TrainOptions::default(), &NoProgress, &|_| {}).unwrap();
     assert!(o.finished);
-    let l = losses(&out);
-    let first: f64 = l[..3].iter().sum::<f64>() / 3.0;
-    let last: f64 = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
-    assert!(
-        last < 0.7 * first,
-        "loss did not fall: {first:.4} -> {last:.4} ({l:?})"
-    );
+    assert_loss_falls(&out);
     let adapter =
         juris_ml::lora::LoraAdapter::load(&out.join("adapter"), &candle_core::Device::Cpu).unwrap();
     assert!(adapter.config.is_full());
@@ -556,4 +555,135 @@ fn eval_max_len_sets_the_dev_passage_length() {
         .replace("max_len = 32", "max_len = 32\neval_max_len = 1");
     let err = TrainConfig::parse(&bad, Path::new("bad.toml")).unwrap_err();
     assert!(err.to_string().contains("eval_max_len"), "{err}");
+}
+
+/// A first-stage run for [`write_dataset`]'s queries: each query's positive at rank 3 (or
+/// the rank its number gives, so that the reranked metrics have room to move), the other
+/// passages in a fixed shuffled order.
+fn write_candidates(path: &Path) {
+    let mut text = String::new();
+    for q in 0..32usize {
+        let mut docs: Vec<usize> = (0..32).filter(|&d| d != q).collect();
+        juris_ml::lora::SplitMix64(q as u64 + 1).shuffle(&mut docs);
+        docs.truncate(11);
+        docs.insert(2 + q % 5, q);
+        for (r, d) in docs.iter().enumerate() {
+            text.push_str(&format!("q{q} Q0 d{d} {} {} first\n", r + 1, 20 - r));
+        }
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// `[rerank]`: the tiny model trained as a cross-encoder on negatives from a first-stage run
+/// — the loss falls, the dev evaluation reranks the run's hits, and the saved adapter, loaded
+/// the way `juris rerank` loads it ([`juris_ml::rerank::CrossEncoder`]), ranks the dev
+/// queries exactly as the trainer's final evaluation did.
+#[test]
+fn cross_encoder_trains_on_candidates_and_reranks_as_inference_does() {
+    use juris_eval::{evaluate, Metric, MissingPolicy, Qrels, Run};
+    use juris_ml::rerank::{CrossEncoder, Reranker};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_dataset(&data);
+    let cands = tmp.path().join("first.trec");
+    write_candidates(&cands);
+    let out = tmp.path().join("run");
+    let text = config_text(&data, &out, 20, false)
+        .replace("max_len = 32", "max_len = 64")
+        .replace("lr = 5e-3", "lr = 2e-2")
+        .replace(
+            "eval_split = \"dev\"",
+            &format!("eval_split = \"dev\"\ncandidates = \"{}\"", cands.display()),
+        )
+        .replace("negatives = \"bm25\"", "negatives = \"candidates\"")
+        + "[rerank]\ndepth = 8\n";
+    let cfg = TrainConfig::parse(&text, Path::new("test.toml")).unwrap();
+    let o = train_with(
+        &cfg,
+        &encoder(),
+        &TrainOptions::default(),
+        &NoProgress,
+        &|_| {},
+    )
+    .unwrap();
+    assert!(o.finished);
+    assert_loss_falls(&out);
+    let negs = std::fs::read_to_string(out.join("negatives-bm25.jsonl")).unwrap();
+    assert!(negs.contains("\"qid\":\"q0\""));
+
+    // Inference with the saved adapter, reranking the run's top 8 as the trainer does.
+    let mut enc = encoder();
+    enc.apply_adapter(&out.join("adapter")).unwrap();
+    let ce = CrossEncoder::new(Box::new(enc), 5).unwrap();
+    let first_stage = Run::read(&cands).unwrap();
+    let corpus = std::fs::read_to_string(data.join("corpus.jsonl")).unwrap();
+    let text_of = |id: &str| -> String {
+        let line = corpus
+            .lines()
+            .find(|l| l.contains(&format!("\"_id\":\"{id}\"")))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v["text"].as_str().unwrap().to_string()
+    };
+    let queries = std::fs::read_to_string(data.join("queries.jsonl")).unwrap();
+    let mut run = Run::new("rerank");
+    for q in 24..32 {
+        let qid = format!("q{q}");
+        let line = queries
+            .lines()
+            .find(|l| l.contains(&format!("\"_id\":\"{qid}\"")))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let hits = first_stage.ranked(&qid);
+        let texts: Vec<String> = hits.iter().take(8).map(|(d, _)| text_of(d)).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let scores = ce.score(v["text"].as_str().unwrap(), &refs).unwrap();
+        for (r, (d, _)) in hits.iter().enumerate() {
+            let s = scores.get(r).map_or(-(r as f64), |&s| 2.0 + f64::from(s));
+            run.push(qid.clone(), d.to_string(), s).unwrap();
+        }
+    }
+    let qrels = Qrels::read(&data.join("qrels/dev.tsv")).unwrap();
+    let m = Metric::parse("mrr@10").unwrap();
+    let want = evaluate(&run, &qrels, &[m], MissingPolicy::Zero)
+        .mean(m)
+        .unwrap();
+    let got = o
+        .final_dev
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k == "mrr@10")
+        .unwrap()
+        .1;
+    assert!(
+        (want - got).abs() < 1e-6,
+        "inference {want} vs trainer {got}"
+    );
+    // The first-stage run alone (positive at ranks 3..7) has MRR@10 below 1; reranking moved it.
+    let base = evaluate(&first_stage, &qrels, &[m], MissingPolicy::Zero)
+        .mean(m)
+        .unwrap();
+    assert_ne!(base, got);
+}
+
+/// A cross-encoder cannot mine with itself, and needs a first-stage run.
+#[test]
+fn cross_encoder_configs_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = config_text(&tmp.path().join("d"), &tmp.path().join("o"), 1, true) + "[rerank]\n";
+    let e = TrainConfig::parse(&base, Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("mined") && e.contains("x.toml"), "{e}");
+    let no_run = config_text(&tmp.path().join("d"), &tmp.path().join("o"), 1, false) + "[rerank]\n";
+    let e = TrainConfig::parse(&no_run, Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("candidates"), "{e}");
+    let cand = config_text(&tmp.path().join("d"), &tmp.path().join("o"), 1, false)
+        .replace("negatives = \"bm25\"", "negatives = \"candidates\"");
+    let e = TrainConfig::parse(&cand, Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("phase[0].negatives"), "{e}");
 }

@@ -51,6 +51,9 @@ enum Command {
     /// Choose BM25 settings and the hybrid fusion weight on a split (e.g. train) and store
     /// them in the index as search defaults.
     Tune(TuneArgs),
+    /// Rerank the top hits of a TREC run with a cross-encoder (a model trained by `juris
+    /// train retriever` with a `[rerank]` section), fused with the first-stage scores.
+    Rerank(crate::rerank_cmd::RerankArgs),
     /// Model presets: which are present and where.
     Models(ModelsArgs),
     /// Index the embedded sample laws (en, ja, ar), answer their sample questions and
@@ -446,6 +449,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => cmd_info(a),
         Command::Embed(a) => cmd_embed(a, &bar),
         Command::Tune(a) => cmd_tune(a, &bar),
+        Command::Rerank(a) => crate::rerank_cmd::cmd_rerank(a, &bar),
         Command::Models(a) => match a.action.as_str() {
             "list" => crate::embed::list_models(),
             other => bail!("unknown models action '{other}' (known: list)"),

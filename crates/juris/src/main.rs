@@ -13,6 +13,7 @@ mod embed;
 mod eval_qa;
 mod generate_cmd;
 mod progress;
+mod rerank_cmd;
 mod retrieve;
 mod search;
 mod train_cmd;

@@ -181,3 +181,110 @@ fn unknown_or_broken_models_are_clear_errors() {
     assert!(err.contains("no embeddings named 'nope'"), "{err}");
     assert!(!Path::new(idx).join("embeddings/garbage").exists());
 }
+
+/// `juris rerank`: the top `--depth` hits of a run are reordered among themselves, the tail
+/// keeps its order below them, `--alpha 1` (first stage only) gives back the run's order,
+/// `--tune-qrels` reports its choice, and bad runs are clear errors naming the file.
+#[test]
+fn rerank_reorders_the_head_of_a_run_and_names_bad_runs() {
+    let fx = Fixture::new();
+    let (idx, queries) = (fx.p("index"), fx.p("queries.jsonl"));
+    let (idx, queries) = (s(&idx), s(&queries));
+    ok_line(&format!(
+        "index --corpus {} --out {idx}",
+        s(&fx.p("corpus.jsonl"))
+    ));
+    let first = fx.p("bm25.trec");
+    ok_line(&format!(
+        "search --index {idx} --queries {queries} --output {} -k 5",
+        s(&first)
+    ));
+    let ranked = |run: &Path| -> Vec<(String, Vec<String>)> {
+        let text = fs::read_to_string(run).unwrap();
+        let mut by: std::collections::BTreeMap<String, Vec<(usize, String)>> = Default::default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            by.entry(f[0].into())
+                .or_default()
+                .push((f[3].parse().unwrap(), f[2].into()));
+        }
+        by.into_iter()
+            .map(|(q, mut v)| {
+                v.sort();
+                (q, v.into_iter().map(|x| x.1).collect())
+            })
+            .collect()
+    };
+    // Bad runs first (they fail before a model loads).
+    let bad = fx.p("bad.trec");
+    fs::write(&bad, "q1 Q0 no-such-article 1 3.0 x\n").unwrap();
+    let out = fx.p("reranked.trec");
+    let rerank = |run: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "rerank",
+            "--index",
+            idx,
+            "--queries",
+            queries,
+            "--run",
+            s(run),
+            "--model",
+            "e5-small",
+            "--output",
+            s(&out),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
+    };
+    fn argv(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let e = fails(&argv(&rerank(&first, &["--depth", "0"])));
+    assert!(e.contains("--depth"), "{e}");
+    let e = fails(&argv(&rerank(&first, &["--alpha", "2"])));
+    assert!(e.contains("--alpha"), "{e}");
+    fs::write(&bad, "q9 Q0 civil:90 1 3.0 x\n").unwrap();
+    let e = fails(&argv(&rerank(&bad, &[])));
+    assert!(e.contains(s(&bad)) && e.contains("'q9'"), "{e}");
+    if !e5_present() {
+        return;
+    }
+    fs::write(&bad, "q1 Q0 no-such-article 1 3.0 x\n").unwrap();
+    let e = fails(&argv(&rerank(&bad, &[])));
+    assert!(
+        e.contains(s(&bad)) && e.contains("'no-such-article'"),
+        "{e}"
+    );
+
+    let before = ranked(&first);
+    ok(&argv(&rerank(&first, &["--depth", "3", "--alpha", "0"])));
+    let after = ranked(&out);
+    assert_eq!(before.len(), after.len());
+    for ((q, b), (q2, a)) in before.iter().zip(&after) {
+        assert_eq!(q, q2);
+        assert_eq!(a.len(), b.len(), "{q}: hits kept");
+        let (mut bh, mut ah) = (b[..3.min(b.len())].to_vec(), a[..3.min(a.len())].to_vec());
+        bh.sort();
+        ah.sort();
+        assert_eq!(bh, ah, "{q}: the head is a permutation of the run's head");
+        assert_eq!(
+            b[3.min(b.len())..],
+            a[3.min(a.len())..],
+            "{q}: the tail keeps its order"
+        );
+    }
+    ok(&argv(&rerank(&first, &["--depth", "3", "--alpha", "1"])));
+    assert_eq!(ranked(&out), before, "alpha 1 is the first stage alone");
+    let o = juris(&argv(&rerank(
+        &first,
+        &["--depth", "3", "--tune-qrels", s(&fx.p("qrels.tsv"))],
+    )));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && stderr.contains("chose alpha"),
+        "{stderr}"
+    );
+}
