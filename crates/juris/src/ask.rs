@@ -69,6 +69,8 @@ pub struct RetrievalArgs {
     /// Device for the query encoder and the generator: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub rerank: crate::rerank_cmd::RerankOptions,
 }
 
 /// Arguments of `juris ask`.
@@ -510,7 +512,7 @@ pub fn with_retriever<T>(
     match mode {
         AskMode::Dense => {
             let dense = DenseRetriever::open(&index, r.embeddings.as_deref(), None, device)?;
-            f(&index, &dense)
+            r.rerank.wrap(&index, &dense, device, f)
         }
         AskMode::Hybrid => {
             let store = r
@@ -532,9 +534,11 @@ pub fn with_retriever<T>(
                 fusion,
                 depth,
             };
-            f(&index, &hybrid)
+            r.rerank.wrap(&index, &hybrid, device, f)
         }
-        _ => f(&index, &Bm25Retriever { index: &index }),
+        _ => r
+            .rerank
+            .wrap(&index, &Bm25Retriever { index: &index }, device, f),
     }
 }
 

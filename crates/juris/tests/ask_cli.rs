@@ -237,3 +237,47 @@ fn eval_qa_without_answers_says_what_it_needs() {
     ]);
     assert!(err.contains("no query has an `answer`"), "{err}");
 }
+
+/// `--rerank-model`: the retrieved articles are the first stage's, the top `--rerank-depth`
+/// reordered by the cross-encoder (same set), `--rerank-alpha 1` keeps the first stage's
+/// order, and a question with nothing relevant still gets the fixed line.
+#[test]
+fn ask_reranks_the_retrieved_articles() {
+    let Some(model) = tiny() else { return };
+    if !common::models_dir()
+        .join("e5-small/e5-small-q4.bin")
+        .exists()
+    {
+        eprintln!("skipped: e5-small missing; run bash scripts/fetch-models.sh");
+        return;
+    }
+    let (_dir, idx) = setup();
+    let q = "May a lessee sublease without the consent of the lessor?";
+    let retrieved = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["--json", "--max-tokens", "4", "-k", "3"];
+        args.extend_from_slice(extra);
+        args.push(q);
+        let v: serde_json::Value = serde_json::from_str(&ask(&idx, &model, &args)).unwrap();
+        v["retrieved"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let plain = retrieved(&[]);
+    let rerank = ["--rerank-model", "e5-small", "--rerank-depth", "3"];
+    let mut reranked = retrieved(&rerank);
+    assert_eq!(reranked.len(), plain.len());
+    let kept = retrieved(&[&rerank[..], &["--rerank-alpha", "1"]].concat());
+    assert_eq!(kept, plain, "alpha 1 is the first stage's order");
+    let mut sorted = plain.clone();
+    sorted.sort();
+    reranked.sort();
+    assert_eq!(reranked, sorted, "the same articles, reordered");
+    let mut args = vec!["--json"];
+    args.extend_from_slice(&rerank);
+    args.push("quantum chromodynamics");
+    let v: serde_json::Value = serde_json::from_str(&ask(&idx, &model, &args)).unwrap();
+    assert_eq!(v["answered"], false);
+}
