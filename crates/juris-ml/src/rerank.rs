@@ -8,8 +8,10 @@
 //! [`Encoder`] (any model family, with or without a LoRA adapter), trained by the same
 //! contrastive trainer, saved and loaded as the same PEFT folder as a bi-encoder.
 
+use std::path::Path;
+
 use crate::encoder::{encode_batched, Encoder, TextRole};
-use crate::error::Result;
+use crate::error::{MlError, Result};
 
 /// The text whose embedding the pairs are compared with (in the query role, so that a
 /// model's query prefix applies to it).
@@ -19,6 +21,33 @@ pub const ANCHOR: &str = "Does the passage answer the question?";
 /// the model's token limit cuts the end of the passage, never the question.
 pub fn pair_text(query: &str, passage: &str) -> String {
     format!("{query}\n\n{passage}")
+}
+
+/// The file that marks an adapter folder as a cross-encoder's (written by the trainer for
+/// `[rerank]` runs beside the PEFT files), so that tools embedding single texts can refuse
+/// it: its weights only make sense for pair texts scored against [`ANCHOR`].
+pub const MARKER_FILE: &str = "juris_cross_encoder.json";
+
+/// Marks the adapter folder `dir` as a cross-encoder's ([`MARKER_FILE`]: the anchor and the
+/// pair layout, for a reader who finds the folder).
+pub fn mark_cross_encoder_adapter(dir: &Path) -> Result<()> {
+    let text = serde_json::json!({
+        "kind": "cross-encoder",
+        "anchor": ANCHOR,
+        "pair": pair_text("<query>", "<passage>"),
+        "score": "cosine(embed(pair, passage role), embed(anchor, query role))",
+        "use": "juris rerank --adapter <this folder>",
+    });
+    let path = dir.join(MARKER_FILE);
+    std::fs::write(&path, format!("{text:#}\n")).map_err(|e| MlError::Io {
+        path: path.clone(),
+        source: e,
+    })
+}
+
+/// Whether `dir` holds a cross-encoder's adapter ([`MARKER_FILE`]).
+pub fn is_cross_encoder_adapter(dir: &Path) -> bool {
+    dir.join(MARKER_FILE).is_file()
 }
 
 /// Scores (query, passage) pairs: the reranking seam.

@@ -407,8 +407,7 @@ pub fn train_model(
                     // counts as the phase before the first: a phase must beat it to be kept.
                     best = Some(metric_value(&m, &metric));
                     best_phase = Some(INIT_PHASE.to_string());
-                    lora.to_adapter()?
-                        .save(&out.join(format!("best-{INIT_PHASE}")))?;
+                    save_adapter(lora, cfg, &out.join(format!("best-{INIT_PHASE}")))?;
                 }
                 zero_shot = Some(m);
             }
@@ -581,8 +580,7 @@ pub fn train_model(
                     state.best = Some(value);
                     state.best_phase = Some(ph.name.clone());
                     state.bad_epochs = 0;
-                    lora.to_adapter()?
-                        .save(&out.join(format!("best-{}", ph.name)))?;
+                    save_adapter(lora, cfg, &out.join(format!("best-{}", ph.name)))?;
                 } else {
                     state.bad_epochs += 1;
                     stop_phase = t.patience > 0 && state.bad_epochs >= t.patience;
@@ -659,7 +657,7 @@ pub fn train_model(
         note(&line);
     }
     let adapter_dir = out.join("adapter");
-    lora.to_adapter()?.save(&adapter_dir)?;
+    save_adapter(lora, cfg, &adapter_dir)?;
     let final_dev = match &dev {
         Some(dev) => {
             let m = eval_dev(dev)?;
@@ -964,6 +962,16 @@ pub fn micro_step(
         grads: sums,
         lengths,
     })
+}
+
+/// Saves the adapter in PEFT format; a cross-encoder's (`[rerank]`) is marked as one, so
+/// that `juris embed` and dense search refuse it.
+fn save_adapter(lora: &LoraTrain, cfg: &TrainConfig, dir: &Path) -> Result<()> {
+    lora.to_adapter()?.save(dir)?;
+    if cfg.rerank.is_some() {
+        juris_ml::rerank::mark_cross_encoder_adapter(dir)?;
+    }
+    Ok(())
 }
 
 /// The texts a cross-encoder batch's passages are read as: each with its query.

@@ -60,6 +60,9 @@ fn loss_falls_on_a_tiny_model() {
     assert_eq!(o.steps, 18);
     assert_eq!(losses(&out).len(), 18);
     assert_loss_falls(&out);
+    assert!(!juris_ml::rerank::is_cross_encoder_adapter(
+        &out.join("adapter")
+    ));
     for f in [
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
@@ -610,6 +613,13 @@ fn cross_encoder_trains_on_candidates_and_reranks_as_inference_does() {
     assert_loss_falls(&out);
     let negs = std::fs::read_to_string(out.join("negatives-bm25.jsonl")).unwrap();
     assert!(negs.contains("\"qid\":\"q0\""));
+    // Marked as a cross-encoder's, so that embedding tools refuse it.
+    assert!(juris_ml::rerank::is_cross_encoder_adapter(
+        &out.join("adapter")
+    ));
+    assert!(juris_ml::rerank::is_cross_encoder_adapter(
+        &out.join("best-bm25")
+    ));
 
     // Inference with the saved adapter, reranking the run's top 8 as the trainer does.
     let mut enc = encoder();

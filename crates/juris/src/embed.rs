@@ -39,6 +39,9 @@ pub fn embed(req: &EmbedRequest<'_>, bar: &Bar) -> Result<()> {
         batch_size: req.batch_size,
         device: req.device,
     };
+    if let Some(dir) = req.adapter {
+        crate::rerank_cmd::refuse_cross_encoder(dir)?;
+    }
     let encoder = juris_ml::load_encoder_with_adapter(req.model, &opts, req.adapter)?;
     let n = index.n_docs();
     let mut texts = Vec::with_capacity(n as usize);

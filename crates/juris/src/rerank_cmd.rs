@@ -23,7 +23,7 @@ use juris_index::{analysis_text, Index, Progress};
 use juris_ml::rerank::{CrossEncoder, Reranker};
 use juris_ml::EncoderOptions;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `juris rerank`.
 #[derive(Args, Debug)]
@@ -82,6 +82,20 @@ struct Reranked {
     qid: String,
     head: Vec<(String, f64, f64)>,
     tail: Vec<String>,
+}
+
+/// An error when `dir` is a cross-encoder's adapter (trained with `[rerank]`): it scores
+/// question–article pairs and would give meaningless single-text embeddings.
+pub fn refuse_cross_encoder(dir: &Path) -> Result<()> {
+    if juris_ml::rerank::is_cross_encoder_adapter(dir) {
+        bail!(
+            "{}: a cross-encoder adapter (it has {}); it scores question-article pairs — use \
+             it with `juris rerank --adapter` or `--rerank-adapter`, not for embeddings",
+            dir.display(),
+            juris_ml::rerank::MARKER_FILE
+        );
+    }
+    Ok(())
 }
 
 /// The α grid of `--tune-qrels`.

@@ -226,6 +226,9 @@ impl DenseRetriever {
             ..Default::default()
         };
         let adapter = adapter.map(Path::to_path_buf).or(settings.adapter.clone());
+        if let Some(dir) = &adapter {
+            crate::rerank_cmd::refuse_cross_encoder(dir)?;
+        }
         let encoder =
             juris_ml::load_encoder_with_adapter(&settings.model, &opts, adapter.as_deref())
                 .with_context(|| format!("loading the model of {}", dir.display()))?;

@@ -288,3 +288,32 @@ fn rerank_reorders_the_head_of_a_run_and_names_bad_runs() {
         "{stderr}"
     );
 }
+
+/// A cross-encoder's adapter (marked by the trainer) is refused by `embed` before any model
+/// loads, with a message that says where it belongs.
+#[test]
+fn embed_refuses_a_cross_encoder_adapter() {
+    let fx = Fixture::new();
+    let idx = fx.p("index");
+    ok_line(&format!(
+        "index --corpus {} --out {}",
+        s(&fx.p("corpus.jsonl")),
+        s(&idx)
+    ));
+    let adapter = fx.p("reranker");
+    fs::create_dir_all(&adapter).unwrap();
+    fs::write(adapter.join("juris_cross_encoder.json"), "{}").unwrap();
+    let e = fails(&[
+        "embed",
+        "--index",
+        s(&idx),
+        "--model",
+        "e5-small",
+        "--adapter",
+        s(&adapter),
+    ]);
+    assert!(
+        e.contains(s(&adapter)) && e.contains("cross-encoder") && e.contains("juris rerank"),
+        "{e}"
+    );
+}
