@@ -8,6 +8,7 @@
 #          jordan_e5_p2, jordan_e5_e3, coliee_ja_e5_e3, the full fine-tunings coliee_ja_e5_full,
 #          jordan_e5_full, coliee_en_minilm_full, phase 2 alone coliee_ja_e5_e3_p2skip5[lr3], and the coliee_en_{minilm,e5}_{p2m10,p2lr3,p2m10lr3,e3}, coliee_en_minilm_e3s[256], coliee_{ja,en}_e5_e3s256, jordan_gemma_p2s256 (VARIANTS=phase1+2)
 #          variants, jordan_e5_l256)
+# TUNE_QRELS=holdout tunes on qrels/holdout.tsv instead of train.tsv (bench/make_holdout.py).
 # RUNS=1 also writes each fine-tuned variant's dense run of every query (train and dev, top 100) to
 # $OUT/<name>-<variant>.dense.trec.gz, for offline analysis of multi-model ensembles.
 set -uo pipefail
@@ -22,6 +23,8 @@ for name in "$@"; do
     # VARIANTS=phase1+2 (zero-shot and phase 1 were measured by the full runs).
     coliee_ja_gemma_p2) ds=coliee_statute_ja; model=gemma3-270m; lang=ja; an=ja-bigram ;;
     coliee_ja_e5_p2|coliee_ja_e5_e3_p2*) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
+    # The holdout copy (bench/make_holdout.py): train minus 10 %, fusion tuned on that 10 %.
+    coliee_en_e5_e3s256h) ds=coliee_statute_en_h; model=e5-small; lang=en; an=en-snowball ;;
     coliee_en_e5|coliee_en_e5_*) ds=coliee_statute_en; model=e5-small; lang=en; an=en-snowball ;;
     jordan_e5|jordan_e5_e3|jordan_e5_full|jordan_e5_l256) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
     jordan_e5_p2) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
@@ -61,7 +64,7 @@ with open('/root/work/$ds.dev.jsonl','w') as f:
       "$J" -q search --index "$idx" --queries "$D/$ds/queries.jsonl" --output "/root/work/$name-$v.dense.trec" -k 100 --mode dense --model "$store" --device cuda \
         && gzip -c "/root/work/$name-$v.dense.trec" > "$OUT/$name-$v.dense.trec.gz"
     fi
-    "$J" -q tune --index "$idx" --queries "$D/$ds/queries.jsonl" --qrels "$D/$ds/qrels/train.tsv" --model "$store" --device cuda
+    "$J" -q tune --index "$idx" --queries "$D/$ds/queries.jsonl" --qrels "$D/$ds/qrels/${TUNE_QRELS:-train}.tsv" --model "$store" --device cuda
     for mode in bm25 dense hybrid; do
       "$J" -q search --index "$idx" --queries "/root/work/$ds.dev.jsonl" --output "/root/work/$name-$v-$mode.trec" -k 100 --mode $mode --model "$store" --device cuda
       m=$("$J" eval --run "/root/work/$name-$v-$mode.trec" --qrels "$D/$ds/qrels/dev.tsv" --metrics mrr@10,ndcg@10,recall@10 --json)
