@@ -161,6 +161,25 @@ pub fn cmd_rerank(a: RerankArgs, bar: &Bar) -> Result<()> {
             );
         }
     }
+    // Checked before any scoring: tuning needs judged queries that the run ranks.
+    let judged = match &tune {
+        Some(qrels) => {
+            let judged = qrels
+                .query_ids_with_relevant()
+                .filter(|q| first.contains_query(q))
+                .count();
+            if judged == 0 {
+                bail!(
+                    "--tune-qrels {}: none of its queries with a relevant document is in {}; \
+                     tune on the judgments of queries the run ranks",
+                    a.tune_qrels.as_deref().unwrap_or(&a.run).display(),
+                    a.run.display()
+                );
+            }
+            judged
+        }
+        None => 0,
+    };
     let opts = EncoderOptions {
         max_len: a.max_len,
         device: crate::cli::parse_device(&a.device)?,
@@ -247,7 +266,7 @@ pub fn cmd_rerank(a: RerankArgs, bar: &Bar) -> Result<()> {
                 }
             }
             eprintln!(
-                "chose alpha {} ({metric} {:.4} on {})",
+                "chose alpha {} ({metric} {:.4} on {}, {judged} judged queries)",
                 best.1,
                 best.0,
                 a.tune_qrels.as_deref().unwrap_or(&a.run).display()

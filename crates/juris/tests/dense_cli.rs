@@ -287,6 +287,17 @@ fn rerank_reorders_the_head_of_a_run_and_names_bad_runs() {
         o.status.success() && stderr.contains("chose alpha"),
         "{stderr}"
     );
+    // Judgments of queries the run does not rank: an error, not a silent alpha.
+    let other = fx.p("other.tsv");
+    fs::write(&other, "query-id\tcorpus-id\tscore\nq9\tcivil:90\t1\n").unwrap();
+    let e = fails(&argv(&rerank(
+        &first,
+        &["--depth", "3", "--tune-qrels", s(&other)],
+    )));
+    assert!(
+        e.contains(s(&other)) && e.contains("none of its queries"),
+        "{e}"
+    );
 }
 
 /// A cross-encoder's adapter (marked by the trainer) is refused by `embed` before any model
