@@ -6,8 +6,9 @@
 //! z-scores over those hits, the fusion `juris search --mode hybrid` offers), so that the
 //! first stage's evidence is kept as a weighted signal rather than thrown away; `--alpha 0`
 //! is the reranker alone. `--tune-qrels` chooses α on a split's judgments (a grid from 0 to
-//! 1 in steps of 0.05) before the run is written. The hits below the depth keep their order after the
-//! reranked ones. The run is written by rename, so an interrupted rerank leaves no file.
+//! 1 in steps of 0.05) before the run is written. The hits below the depth keep their order
+//! after the reranked ones. The run is written by rename, so an interrupted rerank leaves no
+//! file.
 //!
 //! [`RerankedRetriever`] puts the same reranking behind the `Retriever` seam, so that `ask`
 //! and `eval-qa` (`--rerank-model`) read the articles a cross-encoder put first.
@@ -74,14 +75,12 @@ pub struct RerankArgs {
     pub output: PathBuf,
 }
 
-/// One query's id, its head to rerank (doc id, first-stage score), and its tail.
-type Split = (String, Vec<(String, f64)>, Vec<String>);
-
-/// One query's reranked head: (doc id, first-stage score, reranker score), and its tail.
+/// One query's first-stage hits (doc id, score) in rank order and the reranker's scores of
+/// the first `reranker.len()` of them.
 struct Reranked {
     qid: String,
-    head: Vec<(String, f64, f64)>,
-    tail: Vec<String>,
+    hits: Vec<(String, f64)>,
+    reranker: Vec<f64>,
 }
 
 /// An error when `dir` is a cross-encoder's adapter (trained with `[rerank]`): it scores
@@ -103,42 +102,46 @@ fn alpha_grid() -> Vec<f64> {
     (0..=20).map(|i| f64::from(i) / 20.0).collect()
 }
 
-/// A query's reranked head: (position in the head, fused score), best first, from its
-/// first-stage and reranker scores (`alpha` on the first stage, per-query z-scores); the
-/// scores are shifted to be ≥ 1 so that the head sits above a tail scored below 0.
-fn fuse_head(first: &[f64], reranker: &[f64], alpha: f64) -> Vec<(usize, f64)> {
-    let a: Vec<(usize, f64)> = first.iter().copied().enumerate().collect();
+/// A query's new order: (position among `first`, score), best first. The head — the first
+/// `reranker.len()` hits — is ordered by `alpha · z(first) + (1 − alpha) · z(reranker)`,
+/// shifted to be ≥ 1; the tail follows in its first-stage order with scores -1, -2, ….
+fn rerank_order(first: &[f64], reranker: &[f64], alpha: f64) -> Vec<(usize, f64)> {
+    let n = reranker.len();
+    let a: Vec<(usize, f64)> = first[..n].iter().copied().enumerate().collect();
     let b: Vec<(usize, f64)> = reranker.iter().copied().enumerate().collect();
     let fused = weighted_sum(&a, &b, alpha, Norm::ZScore, Missing::Min);
     let low = fused.iter().map(|f| f.1).fold(f64::INFINITY, f64::min);
-    fused.into_iter().map(|(i, s)| (i, s - low + 1.0)).collect()
+    let mut order: Vec<(usize, f64)> = fused.into_iter().map(|(i, s)| (i, s - low + 1.0)).collect();
+    order.extend((n..first.len()).map(|i| (i, -((i - n) as f64) - 1.0)));
+    order
 }
 
 /// The run `reranked` gives with weight `alpha` on the first stage.
 fn fused_run(reranked: &[Reranked], alpha: f64, tag: &str) -> Result<Run> {
     let mut run = Run::new(tag);
     for r in reranked {
-        let first: Vec<f64> = r.head.iter().map(|h| h.1).collect();
-        let second: Vec<f64> = r.head.iter().map(|h| h.2).collect();
-        // The tail gets -1, -2, … in its first-stage order, below every reranked hit.
-        for (i, s) in fuse_head(&first, &second, alpha) {
-            run.push(&r.qid, &r.head[i].0, s)?;
-        }
-        for (j, d) in r.tail.iter().enumerate() {
-            run.push(&r.qid, d, -(j as f64) - 1.0)?;
+        let first: Vec<f64> = r.hits.iter().map(|h| h.1).collect();
+        for (i, s) in rerank_order(&first, &r.reranker, alpha) {
+            run.push(&r.qid, &r.hits[i].0, s)?;
         }
     }
     Ok(run)
 }
 
+/// `--depth` and `--alpha` (named `flags` in errors) are usable.
+fn check_depth_alpha(depth: usize, alpha: f64, flags: [&str; 2]) -> Result<()> {
+    if depth == 0 {
+        bail!("{} must be at least 1", flags[0]);
+    }
+    if !(0.0..=1.0).contains(&alpha) {
+        bail!("{} must be between 0 and 1 (got {alpha})", flags[1]);
+    }
+    Ok(())
+}
+
 /// Runs `juris rerank`.
 pub fn cmd_rerank(a: RerankArgs, bar: &Bar) -> Result<()> {
-    if a.depth == 0 {
-        bail!("--depth must be at least 1");
-    }
-    if !(0.0..=1.0).contains(&a.alpha) {
-        bail!("--alpha must be between 0 and 1 (got {})", a.alpha);
-    }
+    check_depth_alpha(a.depth, a.alpha, ["--depth", "--alpha"])?;
     let metric = Metric::parse(&a.metric)?;
     let index = Index::open(&a.index)?;
     let first = Run::read(&a.run)?;
@@ -147,7 +150,7 @@ pub fn cmd_rerank(a: RerankArgs, bar: &Bar) -> Result<()> {
         .map(|q| (q.id, q.text))
         .collect();
     let tune = match &a.tune_qrels {
-        Some(p) => Some(Qrels::read(p)?),
+        Some(p) => Some((p, Qrels::read(p)?)),
         None => None,
     };
     let mut qids: Vec<&str> = first.query_ids().collect();
@@ -163,7 +166,7 @@ pub fn cmd_rerank(a: RerankArgs, bar: &Bar) -> Result<()> {
     }
     // Checked before any scoring: tuning needs judged queries that the run ranks.
     let judged = match &tune {
-        Some(qrels) => {
+        Some((path, qrels)) => {
             let judged = qrels
                 .query_ids_with_relevant()
                 .filter(|q| first.contains_query(q))
@@ -172,7 +175,7 @@ pub fn cmd_rerank(a: RerankArgs, bar: &Bar) -> Result<()> {
                 bail!(
                     "--tune-qrels {}: none of its queries with a relevant document is in {}; \
                      tune on the judgments of queries the run ranks",
-                    a.tune_qrels.as_deref().unwrap_or(&a.run).display(),
+                    path.display(),
                     a.run.display()
                 );
             }
@@ -196,50 +199,47 @@ pub fn cmd_rerank(a: RerankArgs, bar: &Bar) -> Result<()> {
     let mut reranked: Vec<Reranked> = Vec::with_capacity(qids.len());
     let mut pairs_done = 0usize;
     for chunk in qids.chunks(QUERIES_PER_CALL) {
-        let mut heads: Vec<Split> = Vec::new();
+        let mut batch: Vec<Reranked> = Vec::with_capacity(chunk.len());
         let mut passages: Vec<String> = Vec::new();
         for &q in chunk {
-            let hits = first.ranked(q);
-            let mut head = Vec::new();
-            let mut tail = Vec::new();
-            for (r, (d, s)) in hits.into_iter().enumerate() {
-                if r < a.depth {
-                    let Some(doc) = index.lookup_id(d) else {
-                        bail!(
-                            "{}: query '{q}' ranks document '{d}', which {} does not have",
-                            a.run.display(),
-                            a.index.display()
-                        );
-                    };
-                    passages.push(analysis_text(&index.doc(doc)?).into_owned());
-                    head.push((d.to_string(), s));
-                } else {
-                    tail.push(d.to_string());
-                }
+            let hits: Vec<(String, f64)> = first
+                .ranked(q)
+                .into_iter()
+                .map(|(d, s)| (d.to_string(), s))
+                .collect();
+            for (d, _) in hits.iter().take(a.depth) {
+                let Some(doc) = index.lookup_id(d) else {
+                    bail!(
+                        "{}: query '{q}' ranks document '{d}', which {} does not have",
+                        a.run.display(),
+                        a.index.display()
+                    );
+                };
+                passages.push(analysis_text(&index.doc(doc)?).into_owned());
             }
-            heads.push((q.to_string(), head, tail));
+            batch.push(Reranked {
+                qid: q.to_string(),
+                hits,
+                reranker: Vec::new(),
+            });
         }
         let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(passages.len());
-        let mut at = 0;
-        for (q, head, _) in &heads {
-            let text = texts[q.as_str()].as_str();
-            for _ in head {
-                pairs.push((text, passages[at].as_str()));
-                at += 1;
-            }
+        for r in &batch {
+            let text = texts[r.qid.as_str()].as_str();
+            let start = pairs.len();
+            let n = r.hits.len().min(a.depth);
+            pairs.extend(
+                passages[start..start + n]
+                    .iter()
+                    .map(|p| (text, p.as_str())),
+            );
         }
-        let scores = reranker.score_pairs(&pairs)?;
+        let mut scores = reranker.score_pairs(&pairs)?.into_iter().map(f64::from);
         pairs_done += pairs.len();
-        let mut at = 0;
-        for (qid, head, tail) in heads {
-            let head = head
-                .into_iter()
-                .map(|(d, s)| {
-                    at += 1;
-                    (d, s, f64::from(scores[at - 1]))
-                })
-                .collect();
-            reranked.push(Reranked { qid, head, tail });
+        for mut r in batch {
+            let n = r.hits.len().min(a.depth);
+            r.reranker = scores.by_ref().take(n).collect();
+            reranked.push(r);
         }
         bar.inc(chunk.len() as u64);
     }
@@ -255,7 +255,7 @@ pub fn cmd_rerank(a: RerankArgs, bar: &Bar) -> Result<()> {
 
     let alpha = match &tune {
         None => a.alpha,
-        Some(qrels) => {
+        Some((path, qrels)) => {
             let mut best = (f64::NEG_INFINITY, 0.0);
             for alpha in alpha_grid() {
                 let run = fused_run(&reranked, alpha, &a.tag)?;
@@ -269,7 +269,7 @@ pub fn cmd_rerank(a: RerankArgs, bar: &Bar) -> Result<()> {
                 "chose alpha {} ({metric} {:.4} on {}, {judged} judged queries)",
                 best.1,
                 best.0,
-                a.tune_qrels.as_deref().unwrap_or(&a.run).display()
+                path.display()
             );
             best.1
         }
@@ -330,19 +330,17 @@ impl Retriever for RerankedRetriever<'_> {
                 texts.push(analysis_text(&self.index.doc(doc)?).into_owned());
             }
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let scores = self.reranker.score(&q.text, &refs)?;
-            let firsts: Vec<f64> = hits[..n].iter().map(|h| f64::from(h.1)).collect();
-            let seconds: Vec<f64> = scores.iter().map(|&s| f64::from(s)).collect();
-            let mut ranked: Ranked = fuse_head(&firsts, &seconds, self.alpha)
+            let scores: Vec<f64> = self
+                .reranker
+                .score(&q.text, &refs)?
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            let firsts: Vec<f64> = hits.iter().map(|h| f64::from(h.1)).collect();
+            let mut ranked: Ranked = rerank_order(&firsts, &scores, self.alpha)
                 .into_iter()
                 .map(|(i, s)| (hits[i].0, s as f32))
                 .collect();
-            ranked.extend(
-                hits[n..]
-                    .iter()
-                    .enumerate()
-                    .map(|(j, h)| (h.0, -(j as f32) - 1.0)),
-            );
             ranked.truncate(k);
             out.push(ranked);
         }
@@ -385,15 +383,11 @@ impl RerankOptions {
         let Some(model) = &self.rerank_model else {
             return f(index, inner);
         };
-        if self.rerank_depth == 0 {
-            bail!("--rerank-depth must be at least 1");
-        }
-        if !(0.0..=1.0).contains(&self.rerank_alpha) {
-            bail!(
-                "--rerank-alpha must be between 0 and 1 (got {})",
-                self.rerank_alpha
-            );
-        }
+        check_depth_alpha(
+            self.rerank_depth,
+            self.rerank_alpha,
+            ["--rerank-depth", "--rerank-alpha"],
+        )?;
         let opts = EncoderOptions {
             max_len: self.rerank_max_len,
             device,
