@@ -11,6 +11,10 @@
 #            questions, gold articles), base vs adapter.
 # Expects bench/gpu/stage.sh to have unpacked the payload (models/, data/) and the binary.
 #   usage: bash bench/gpu/issue5.sh smollm2|gemma ...
+# Options for smollm2 (environment): SMOL_CONFIG (a config of bench/train/sft, default
+# smollm2_coliee_en_yesno), ARTICLES (default "gold retrieved"), MODELS (which models to
+# evaluate, default "base adapter"; "final" is the run's last adapter instead of best/).
+# Jobs side by side should find the chat data and index made: run `prep` once first.
 set -uo pipefail
 S=/root/stage; J=$S/juris; D=$S/x/data; W=/root/work
 LIMIT=${LIMIT:-200}
@@ -24,15 +28,20 @@ gpu_config() {
 }
 
 # Chat data and a BM25 index of dataset $1 (task $3, files <$4>_<split>.jsonl; index $5 with
-# --lang $6 --analyzer-$6 $7), then QLoRA SFT of config $2 (resumed if cut). Sets idx, run
-# and rc (the trainer's exit status) and copies its log, plot and adapters to $OUT.
-prepare_and_train() {
-  local ds=$1 name=$2 task=$3 stem=$4 lang=$6 an=$7 split
+# --lang $6 --analyzer-$6 $7), made once. Sets idx.
+prepare_data() {
+  local ds=$1 task=$3 stem=$4 lang=$6 an=$7 split
   for split in train dev; do
     [ -f "$W/sft/${stem}_$split.jsonl" ] || "$J" -q train chat-data --data "$D/$ds" --split $split --task $task --out "$W/sft/${stem}_$split.jsonl"
   done
   idx=$W/idx/$5
   [ -d "$idx" ] || "$J" -q index --corpus "$D/$ds/corpus.jsonl" --out "$idx" --lang $lang --analyzer-$lang $an
+}
+# The same, then QLoRA SFT of config $2 (resumed if cut). Sets idx, run and rc (the
+# trainer's exit status) and copies its log, plot and adapters to $OUT.
+prepare_and_train() {
+  local name=$2
+  prepare_data "$@"
   timeout "${TRAIN_TIMEOUT:-330}" "$J" train generator --config "$(gpu_config $name)" --device cuda 2>&1 | grep -v "^\s*$" | tail -15
   rc=${PIPESTATUS[0]}
   echo "$name: training took $(( $(date +%s) - t0 )) s (exit $rc)"
@@ -44,16 +53,20 @@ prepare_and_train() {
 for job in "$@"; do
   t0=$(date +%s)
   case $job in
+    prep)
+      prepare_data coliee_statute_en - yesno coliee_en_yesno coliee_en en en-snowball
+      ls -la "$W/sft" "$W/idx" ;;
     smollm2)
       ds=coliee_statute_en; base=models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-      prepare_and_train $ds smollm2_coliee_en_yesno yesno coliee_en_yesno coliee_en en en-snowball
+      name=${SMOL_CONFIG:-smollm2_coliee_en_yesno}
+      prepare_and_train $ds "$name" yesno coliee_en_yesno coliee_en en en-snowball
       # A run cut by the timeout resumes from its checkpoint when this script runs again;
       # evaluate only finished runs unless EVAL_UNFINISHED=1 (then with best/ as it stands).
       if [ "$rc" != 0 ] && [ -z "${EVAL_UNFINISHED:-}" ]; then echo "$job: not finished; run again to resume"; continue; fi
       q=(--index "$idx" --queries "$D/$ds/queries.jsonl" --qrels "$D/$ds/qrels/dev.tsv" --device cuda --no-stats)
-      for arts in gold retrieved; do
-        for v in base adapter; do
-          extra=(); [ $v = adapter ] && extra=(--adapter "$run/best")
+      for arts in ${ARTICLES:-gold retrieved}; do
+        for v in ${MODELS:-base adapter}; do
+          extra=(); [ $v = adapter ] && extra=(--adapter "$run/best"); [ $v = final ] && extra=(--adapter "$run/adapter")
           # With retrieved articles also generate ask's cited answer: the citation hit rate.
           [ $arts = retrieved ] && extra+=(--cite --max-tokens 64)
           echo "== smollm2 $arts $v"
