@@ -14,6 +14,7 @@ use juris_index::Index;
 use juris_ml::{encode_batched, Encoder, EncoderOptions, TextRole};
 use juris_text::Lang;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -432,13 +433,109 @@ impl Retriever for HybridRetriever<'_> {
     }
 
     fn retrieve_batch(&self, queries: &[QueryText], k: usize, bar: &Bar) -> Result<Vec<Ranked>> {
-        let depth = self.depth.max(k);
-        let lexical = self.bm25.retrieve_batch(queries, depth, bar)?;
-        let dense = self.dense.retrieve_batch(queries, depth, bar)?;
+        let deep = self.depth.max(k);
+        let lexical = self.bm25.retrieve_batch(queries, deep, bar)?;
+        let dense = self.dense.retrieve_batch(queries, deep, bar)?;
         Ok(lexical
             .iter()
             .zip(&dense)
-            .map(|(l, d)| self.fusion.fuse(l, d, k))
+            .map(|(l, d)| fuse_head_stable(&self.fusion, self.depth, l, d, k))
             .collect())
+    }
+}
+
+/// Fuses one query's lists (each ranked best first) so that the ranking does not depend on
+/// `k`: the head is the fusion of each side's top `depth` — the candidates `juris tune`
+/// scored when it chose the fusion — and a `k` beyond what that head holds appends the rest
+/// of the deeper lists' fusion below it. (Normalizing the deeper lists instead moves every
+/// score, so `-k 1000` would reorder the top 10 that tune measured.) Appended scores are
+/// shifted to stay below the head's last one, so runs sorted by score keep this order.
+fn fuse_head_stable(
+    fusion: &FusionChoice,
+    depth: usize,
+    lexical: &[(u32, f32)],
+    dense: &[(u32, f32)],
+    k: usize,
+) -> Ranked {
+    let cut = |l: &[(u32, f32)]| l.len().min(depth);
+    let mut head = fusion.fuse(&lexical[..cut(lexical)], &dense[..cut(dense)], k);
+    if head.len() >= k || (lexical.len() <= depth && dense.len() <= depth) {
+        return head;
+    }
+    let placed: HashSet<u32> = head.iter().map(|&(doc, _)| doc).collect();
+    let tail: Ranked = fusion
+        .fuse(lexical, dense, k)
+        .into_iter()
+        .filter(|(doc, _)| !placed.contains(doc))
+        .collect();
+    if let (Some(&(_, floor)), Some(&(_, top))) = (head.last(), tail.first()) {
+        // A step below the head's last score at its magnitude, so f32 tells them apart.
+        let gap = (top - floor) + floor.abs().max(1.0) * 1e-4;
+        head.extend(tail.into_iter().map(|(doc, s)| (doc, s - gap)));
+    } else {
+        head.extend(tail);
+    }
+    head.truncate(k);
+    head
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(r: &Ranked) -> Vec<u32> {
+        r.iter().map(|&(d, _)| d).collect()
+    }
+
+    #[test]
+    fn a_deeper_k_appends_below_the_tuned_head_and_never_reorders_it() {
+        // BM25 has a steep head and a flat tail, dense the opposite: normalizing six-deep
+        // lists instead of two-deep ones changes which of docs 0, 1, 5, 4 leads.
+        let lexical: Vec<(u32, f32)> =
+            vec![(0, 10.0), (1, 9.0), (2, 1.2), (3, 1.1), (4, 1.0), (5, 0.9)];
+        let dense: Vec<(u32, f32)> = vec![
+            (5, 0.90),
+            (4, 0.89),
+            (3, 0.2),
+            (2, 0.1),
+            (1, 0.05),
+            (0, 0.0),
+        ];
+        for fusion in [
+            FusionChoice::ZScore { alpha: 0.5 },
+            FusionChoice::MinMax { alpha: 0.5 },
+            FusionChoice::Rrf { k: 1.0 },
+        ] {
+            let depth = 2;
+            let head = fusion.fuse(&lexical[..depth], &dense[..depth], 6);
+            assert_eq!(head.len(), 4, "{fusion:?}");
+            for k in [1, 2, 4] {
+                let got = fuse_head_stable(&fusion, depth, &lexical, &dense, k);
+                assert_eq!(ids(&got), ids(&head)[..k], "{fusion:?} k {k}");
+            }
+            let got = fuse_head_stable(&fusion, depth, &lexical, &dense, 6);
+            assert_eq!(ids(&got)[..4], ids(&head)[..], "{fusion:?}: the head moved");
+            let mut all = ids(&got);
+            all.sort_unstable();
+            assert_eq!(
+                all,
+                vec![0, 1, 2, 3, 4, 5],
+                "{fusion:?}: each document once"
+            );
+            assert!(
+                got.windows(2)
+                    .all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)),
+                "{fusion:?}: scores must keep the order: {got:?}"
+            );
+            assert!(
+                got[4].1 < got[3].1,
+                "{fusion:?}: the tail starts below the head"
+            );
+        }
+        // What normalizing the six-deep lists would have given: another head (so the test
+        // above can tell the two apart).
+        let naive = FusionChoice::ZScore { alpha: 0.5 }.fuse(&lexical, &dense, 4);
+        let head = FusionChoice::ZScore { alpha: 0.5 }.fuse(&lexical[..2], &dense[..2], 4);
+        assert_ne!(ids(&naive), ids(&head));
     }
 }
