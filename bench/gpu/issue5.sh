@@ -14,7 +14,8 @@
 # Options for smollm2 (environment): SMOL_CONFIG (a config of bench/train/sft, default
 # smollm2_coliee_en_yesno), ARTICLES (default "gold retrieved"), MODELS (which models to
 # evaluate, default "base adapter"; "final" is the run's last adapter instead of best/).
-# Jobs side by side should find the chat data and index made: run `prep` once first.
+# Jobs side by side should find the chat data and index made: run `prep` once first (it also
+# writes the negation-augmented training file of bench/augment_yesno.py).
 set -uo pipefail
 S=/root/stage; J=$S/juris; D=$S/x/data; W=/root/work
 LIMIT=${LIMIT:-200}
@@ -55,6 +56,7 @@ for job in "$@"; do
   case $job in
     prep)
       prepare_data coliee_statute_en - yesno coliee_en_yesno coliee_en en en-snowball
+      python3 bench/augment_yesno.py "$W/sft/coliee_en_yesno_train.jsonl" "$W/sft/coliee_en_yesno_aug_train.jsonl"
       ls -la "$W/sft" "$W/idx" ;;
     smollm2)
       ds=coliee_statute_en; base=models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf

@@ -22,7 +22,9 @@ pack() {
     && mv "$FINAL/results.tar.tmp" "$FINAL/results.tar"
 }
 alive() { for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
-tag_of() { echo "$1" | sed -e 's#.*bench/gpu/##' -e 's#[^A-Za-z0-9]#_#g'; }
+# A job's folder and log: TAG=<name> in its line, else the script and its arguments (jobs
+# of one script that differ only in their environment need a TAG each).
+tag_of() { if [[ $1 =~ TAG=([A-Za-z0-9_]+) ]]; then echo "${BASH_REMATCH[1]}"; else echo "$1" | sed -e 's#.*bench/gpu/##' -e 's#[^A-Za-z0-9]#_#g'; fi; }
 nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,noheader -l 10 >> "$R/gpu.csv" 2>&1 &
 pids=()
 for job in "$@"; do
