@@ -22,6 +22,7 @@ assistant]} with the statement after "Statement: " in the user message.
 usage: python3 bench/augment_yesno.py IN.jsonl OUT.jsonl [--only-yes]
 """
 import json
+import os
 import re
 import sys
 
@@ -38,10 +39,7 @@ def flip(statement):
         edits.append((m.start(), m.end(), m.group(1)))
     for m in CANNOT.finditer(statement):
         edits.append((m.start(), m.end(), "can"))
-    for m in PLAIN.finditer(statement):
-        # A plain word that is the first half of "… not" was matched above.
-        if any(s <= m.start() < e for s, e, _ in edits):
-            continue
+    for m in PLAIN.finditer(statement):  # never "… not" nor "cannot" (the lookahead, \b)
         edits.append((m.start(), m.end(), m.group(1) + (" not" if m.group(1) != "can" else "not")))
     if not edits:
         return None
@@ -82,8 +80,6 @@ def main():
             }
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             added += 1
-    import os
-
     os.replace(dst + ".tmp", dst)
     print(f"wrote {dst}: {kept} conversations of {src} and {added} negated copies")
 

@@ -12,15 +12,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 J=${JURIS_BIN:-target/release/juris}; DD=${DATA:-../shared/data}; OUT=${OUT:-bench/out/crossfit}
 run=${1:-coliee_en_e5_e3s256}; METRIC=${METRIC:-mrr@10}
-case $run in
-  coliee_en_*) ds=coliee_statute_en; lang=en; an=en-snowball ;;
-  coliee_ja_*) ds=coliee_statute_ja; lang=ja; an=ja-bigram ;;
-  jordan_*) ds=jordan_law_qa_ar; lang=ar; an=ar-snowball ;;
-  *) echo "unknown run $run"; exit 2 ;;
-esac
-case $run in *gemma*) model=gemma3-270m ;; *minilm*) model=minilm ;; *) model=e5-small ;; esac
+source bench/run_of.sh; run_of "$run" || exit 2
 mkdir -p "$OUT"; rm -f "$OUT/$run.rows"
 dev=$DD/$ds/qrels/dev.tsv
+# Only dev queries are scored, so only they are searched after each tune.
+devq=$OUT/$ds.dev.jsonl
+python3 - "$DD/$ds/queries.jsonl" "$dev" "$devq" <<'EOF'
+import json, sys
+queries, qrels, out = sys.argv[1:]
+judged = {l.split("\t")[0] for l in open(qrels, encoding="utf-8")}
+with open(out, "w", encoding="utf-8") as f:
+    f.writelines(l for l in open(queries, encoding="utf-8") if l.strip() and json.loads(l)["_id"] in judged)
+EOF
 for variant in phase1 phase1+2; do
   idx=$OUT/$run-$variant
   if [ ! -d "$idx/embeddings" ]; then
@@ -45,7 +48,7 @@ EOF
     for h in 0 1; do
       o=$((1 - h))
       "$J" -q tune --index "$idx" --queries "$DD/$ds/queries.jsonl" --qrels "$idx/half$h.tsv" --metric "$METRIC" >/dev/null 2>&1
-      "$J" -q search --index "$idx" --queries "$DD/$ds/queries.jsonl" --mode hybrid -k 100 --output "$idx/hybrid.trec" 2>/dev/null
+      "$J" -q search --index "$idx" --queries "$devq" --mode hybrid -k 100 --output "$idx/hybrid.trec" 2>/dev/null
       "$J" eval --run "$idx/hybrid.trec" --qrels "$idx/half$o.tsv" --metrics mrr@10,ndcg@10 --json \
         | python3 -c "import json,sys; r=json.load(sys.stdin); print('$variant', $seed, $o, r['n_queries'], r['means']['mrr@10'], r['means']['ndcg@10'])" >> "$OUT/$run.rows"
     done

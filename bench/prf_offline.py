@@ -45,29 +45,19 @@ documents, which `--depth 768` reproduced), so `--depth 100` gives W/hybrid.trec
 (numpy only; reads W/idx/embeddings/minilm/{ids.txt,vectors.bin}; never reads qrels/test.tsv)
 """
 import argparse
-import collections
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from fusion_offline import read_qrels
+
 ALPHAS = [round(i * 0.05, 2) for i in range(21)]
 FAMILIES = ("zscore", "minmax")
 
 
 # ---------------------------------------------------------------- inputs
-
-def read_qrels(path):
-    rel = collections.defaultdict(set)
-    with open(path, encoding="utf-8") as f:
-        next(f)  # header
-        for line in f:
-            qid, doc, grade = line.split()[:3]
-            if int(grade) > 0:
-                rel[qid].add(doc)
-    return rel
-
 
 def read_run_matrix(path, qidx, didx, fill):
     """TREC run -> (queries × docs) score matrix; documents absent from a query's list get `fill`."""

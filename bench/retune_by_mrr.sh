@@ -7,13 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 J=${JURIS_BIN:-target/release/juris}; DD=${DATA:-../shared/data}; OUT=${OUT:-bench/out/retune}
 run=${1:-coliee_en_e5_e3s256}
-case $run in
-  coliee_en_*) ds=coliee_statute_en; lang=en; an=en-snowball ;;
-  coliee_ja_*) ds=coliee_statute_ja; lang=ja; an=ja-bigram ;;
-  jordan_*) ds=jordan_law_qa_ar; lang=ar; an=ar-snowball ;;
-  *) echo "unknown run $run"; exit 2 ;;
-esac
-case $run in *gemma*) model=gemma3-270m ;; *minilm*) model=minilm ;; *) model=e5-small ;; esac
+source bench/run_of.sh; run_of "$run" || exit 2
 for variant in phase1 phase1+2; do
   idx=$OUT/$run-$variant; rm -rf "$idx"; mkdir -p "$OUT"
   "$J" -q index --corpus "$DD/$ds/corpus.jsonl" --out "$idx" --lang $lang --analyzer-$lang $an

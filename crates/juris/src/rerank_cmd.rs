@@ -97,6 +97,17 @@ pub fn refuse_cross_encoder(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The cross-encoder of `model` (+ `adapter`), pairs embedded `opts.batch_size` at a time.
+fn load_cross_encoder(
+    model: &str,
+    opts: &EncoderOptions,
+    adapter: Option<&Path>,
+) -> Result<CrossEncoder> {
+    let encoder = juris_ml::load_encoder_with_adapter(model, opts, adapter)
+        .with_context(|| format!("loading the cross-encoder {model}"))?;
+    Ok(CrossEncoder::new(encoder, opts.batch_size)?)
+}
+
 /// The α grid of `--tune-qrels`.
 fn alpha_grid() -> Vec<f64> {
     (0..=20).map(|i| f64::from(i) / 20.0).collect()
@@ -188,9 +199,7 @@ pub fn cmd_rerank(a: RerankArgs, bar: &Bar) -> Result<()> {
         device: crate::cli::parse_device(&a.device)?,
         batch_size: a.batch_size,
     };
-    let encoder = juris_ml::load_encoder_with_adapter(&a.model, &opts, a.adapter.as_deref())
-        .with_context(|| format!("loading the cross-encoder {}", a.model))?;
-    let reranker = CrossEncoder::new(encoder, a.batch_size)?;
+    let reranker = load_cross_encoder(&a.model, &opts, a.adapter.as_deref())?;
 
     // Queries are scored a few at a time, so that a forward pass is filled across them.
     const QUERIES_PER_CALL: usize = 16;
@@ -393,13 +402,10 @@ impl RerankOptions {
             device,
             ..Default::default()
         };
-        let encoder =
-            juris_ml::load_encoder_with_adapter(model, &opts, self.rerank_adapter.as_deref())
-                .with_context(|| format!("loading the cross-encoder {model}"))?;
         let reranked = RerankedRetriever {
             inner,
             index,
-            reranker: CrossEncoder::new(encoder, opts.batch_size)?,
+            reranker: load_cross_encoder(model, &opts, self.rerank_adapter.as_deref())?,
             depth: self.rerank_depth,
             alpha: self.rerank_alpha,
         };
