@@ -6,7 +6,9 @@
 #   usage: bash bench/gpu/issue4.sh <name>...   (name: coliee_en_minilm, coliee_en_e5, coliee_ja_e5,
 #          coliee_ja_gemma, jordan_e5, jordan_gemma, coliee_ja_gemma_p2, coliee_ja_e5_p2,
 #          jordan_e5_p2, jordan_e5_e3, coliee_ja_e5_e3, the full fine-tunings coliee_ja_e5_full,
-#          jordan_e5_full, coliee_en_minilm_full, phase 2 alone coliee_ja_e5_e3_p2skip5[lr3], and the coliee_en_{minilm,e5}_{p2m10,p2lr3,p2m10lr3,e3}, coliee_en_minilm_e3s[256], coliee_{ja,en}_e5_e3s256, jordan_gemma_p2s256 (VARIANTS=phase1+2)
+#          jordan_e5_full, coliee_en_minilm_full, phase 2 alone coliee_ja_e5_e3_p2skip5[lr3], and the coliee_en_{minilm,e5}_{p2m10,p2lr3,p2m10lr3,e3}, coliee_en_minilm_e3s[256], coliee_{ja,en}_e5_e3s256, jordan_gemma_p2s256 (VARIANTS=phase1+2),
+#          phase 2 with BM25 + mined negatives from the committed phase 1: coliee_{en,ja}_e5_e3s256_p2mix,
+#          coliee_en_minilm_e3s_p2mix, jordan_e5_l256_p2mix (VARIANTS='phase1 phase1+2')
 #          variants, jordan_e5_l256)
 # TUNE_QRELS=holdout tunes on qrels/holdout.tsv instead of train.tsv (bench/make_holdout.py).
 # RUNS=1 also writes each fine-tuned variant's dense run of every query (train and dev, top 100) to
@@ -17,7 +19,7 @@ export PYTHONUNBUFFERED=1
 for name in "$@"; do
   case $name in
     coliee_en_minilm|coliee_en_minilm_*) ds=coliee_statute_en; model=minilm; lang=en; an=en-snowball ;;
-    coliee_ja_e5|coliee_ja_e5_e3|coliee_ja_e5_full|coliee_ja_e5_e3s256) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
+    coliee_ja_e5|coliee_ja_e5_e3|coliee_ja_e5_full|coliee_ja_e5_e3s256|coliee_ja_e5_e3s256_*) ds=coliee_statute_ja; model=e5-small; lang=ja; an=ja-bigram ;;
     coliee_ja_gemma) ds=coliee_statute_ja; model=gemma3-270m; lang=ja; an=ja-bigram ;;
     # Phase 2 alone from the committed phase-1 adapter ([lora] init): evaluate with
     # VARIANTS=phase1+2 (zero-shot and phase 1 were measured by the full runs).
@@ -26,7 +28,7 @@ for name in "$@"; do
     # The holdout copy (bench/make_holdout.py): train minus 10 %, fusion tuned on that 10 %.
     coliee_en_e5_e3s256h) ds=coliee_statute_en_h; model=e5-small; lang=en; an=en-snowball ;;
     coliee_en_e5|coliee_en_e5_*) ds=coliee_statute_en; model=e5-small; lang=en; an=en-snowball ;;
-    jordan_e5|jordan_e5_e3|jordan_e5_full|jordan_e5_l256) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
+    jordan_e5|jordan_e5_e3|jordan_e5_full|jordan_e5_l256|jordan_e5_l256_*) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
     jordan_e5_p2) ds=jordan_law_qa_ar; model=e5-small; lang=ar; an=ar-snowball ;;
     jordan_gemma|jordan_gemma_*) ds=jordan_law_qa_ar; model=gemma3-270m; lang=ar; an=ar-snowball ;;
     *) echo "unknown run $name"; continue ;;
@@ -56,7 +58,9 @@ with open('/root/work/$ds.dev.jsonl','w') as f:
     "$J" -q index --corpus "$D/$ds/corpus.jsonl" --out "$idx" --lang $lang --analyzer-$lang $an
     case $v in
       zero-shot) "$J" -q embed --index "$idx" --model $model --max-len 256 --device cuda ;;
-      phase1) "$J" -q embed --index "$idx" --model $model --max-len 256 --device cuda --adapter "$run/best-phase1" ;;
+      # A phase-2-alone run ([lora] init) has no best-phase1: its phase 1 is the init adapter.
+      phase1) p1="$run/best-phase1"; [ -d "$p1" ] || p1=$(sed -n 's/^init = "\(.*\)"/\1/p' "bench/train/gpu/$name.toml")
+              "$J" -q embed --index "$idx" --model $model --max-len 256 --device cuda --adapter "$p1" ;;
       phase1+2) "$J" -q embed --index "$idx" --model $model --max-len 256 --device cuda --adapter "$run/adapter" ;;
     esac
     store=$(ls "$idx/embeddings" | head -1)

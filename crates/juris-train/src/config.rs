@@ -245,7 +245,7 @@ impl Precision {
 }
 
 /// Where a phase's negatives come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NegativeSource {
     /// BM25 top-k of the query, positives removed.
@@ -286,9 +286,23 @@ pub struct PhaseConfig {
     /// relevant articles the qrels do not list; training them away hurts.
     #[serde(default)]
     pub skip_top: usize,
+    /// Further hard-negative sources whose candidates are interleaved with `negatives`'
+    /// (best first, round robin, duplicates dropped), each taking `top_k`: e.g. a phase 2
+    /// with `negatives = "mined"` and `also_negatives = ["bm25"]` keeps training on phase
+    /// 1's lexical confusions while it adds the model's own, so the dense side does not
+    /// drift away from what BM25 already separates.
+    #[serde(default)]
+    pub also_negatives: Vec<NegativeSource>,
     /// Peak learning rate of this phase (default: `[train] lr`).
     #[serde(default)]
     pub lr: Option<f64>,
+}
+
+impl PhaseConfig {
+    /// The phase's hard-negative sources: `negatives`, then `also_negatives`.
+    pub fn sources(&self) -> impl Iterator<Item = NegativeSource> + '_ {
+        std::iter::once(self.negatives).chain(self.also_negatives.iter().copied())
+    }
 }
 
 fn d_rerank_depth() -> usize {
@@ -479,14 +493,26 @@ impl TrainConfig {
             if !(0.0..1.0).contains(&p.relative_margin) {
                 return bad(&key("relative_margin"), "must be in [0, 1)");
             }
-            if p.negatives == NegativeSource::Candidates && self.data.candidates.is_none() {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = p.sources().find(|s| !seen.insert(*s)) {
+                return bad(
+                    &key("also_negatives"),
+                    &format!(
+                        "names \"{}\" twice (in negatives or in this list)",
+                        format!("{dup:?}").to_lowercase()
+                    ),
+                );
+            }
+            if p.sources().any(|s| s == NegativeSource::Candidates)
+                && self.data.candidates.is_none()
+            {
                 return bad(
                     &key("negatives"),
                     "\"candidates\" needs [data] candidates = \"<run.trec>\" (a first-stage \
                      TREC run over the training queries)",
                 );
             }
-            if p.negatives == NegativeSource::Mined && self.rerank.is_some() {
+            if p.sources().any(|s| s == NegativeSource::Mined) && self.rerank.is_some() {
                 return bad(
                     &key("negatives"),
                     "\"mined\" ranks the corpus with the model as a bi-encoder; a \
@@ -582,6 +608,37 @@ negatives = "bm25"
             .unwrap_err()
             .to_string();
         assert!(e.contains("magic"), "{e}");
+    }
+
+    #[test]
+    fn also_negatives_are_checked_like_negatives() {
+        let mixed = OK.replace(
+            "negatives = \"bm25\"",
+            "negatives = \"mined\"\nalso_negatives = [\"bm25\"]",
+        );
+        let c = TrainConfig::parse(&mixed, Path::new("c.toml")).unwrap();
+        let sources: Vec<_> = c.phases[0].sources().collect();
+        assert_eq!(sources, [NegativeSource::Mined, NegativeSource::Bm25]);
+        // A source twice, and "candidates" without a run, name the key.
+        let twice = OK.replace(
+            "negatives = \"bm25\"",
+            "negatives = \"bm25\"\nalso_negatives = [\"bm25\"]",
+        );
+        let e = TrainConfig::parse(&twice, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("phase[0].also_negatives") && e.contains("\"bm25\" twice"),
+            "{e}"
+        );
+        let no_run = OK.replace(
+            "negatives = \"bm25\"",
+            "negatives = \"bm25\"\nalso_negatives = [\"candidates\"]",
+        );
+        let e = TrainConfig::parse(&no_run, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[data] candidates"), "{e}");
     }
 
     #[test]

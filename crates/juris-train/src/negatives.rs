@@ -199,6 +199,41 @@ pub fn mined_negatives(
     out
 }
 
+/// Several sources' negatives for the same queries merged into one list per query: the
+/// hard candidates taken round robin, best first, each passage once; the random pool is
+/// the first source's. Every source must list the same queries in the same order (they
+/// come from one split).
+pub fn interleave(mut sources: Vec<Vec<QueryNegatives>>) -> Vec<QueryNegatives> {
+    if sources.len() <= 1 {
+        return sources.pop().unwrap_or_default();
+    }
+    let first = sources.remove(0);
+    first
+        .into_iter()
+        .enumerate()
+        .map(|(qi, mut merged)| {
+            let lists: Vec<&[String]> = std::iter::once(merged.hard.as_slice())
+                .chain(sources.iter().map(|s| s[qi].hard.as_slice()))
+                .collect();
+            debug_assert!(sources.iter().all(|s| s[qi].qid == merged.qid));
+            let longest = lists.iter().map(|l| l.len()).max().unwrap_or(0);
+            let mut seen = std::collections::HashSet::new();
+            let mut hard = Vec::new();
+            for rank in 0..longest {
+                for list in &lists {
+                    if let Some(id) = list.get(rank) {
+                        if seen.insert(id.as_str()) {
+                            hard.push(id.clone());
+                        }
+                    }
+                }
+            }
+            merged.hard = hard;
+            merged
+        })
+        .collect()
+}
+
 /// Writes `negs` as JSONL through a temporary file renamed into place.
 pub fn write_jsonl(path: &Path, negs: &[QueryNegatives]) -> Result<()> {
     let tmp = path.with_extension("jsonl.tmp");
@@ -290,6 +325,24 @@ mod tests {
             hard("relative_margin = 0.05\nskip_top = 5"),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn interleaved_sources_alternate_best_first_without_repeats() {
+        let q = |hard: &[&str], random: &[&str]| QueryNegatives {
+            qid: "q0".into(),
+            hard: hard.iter().map(|s| s.to_string()).collect(),
+            random: random.iter().map(|s| s.to_string()).collect(),
+        };
+        let mined = vec![q(&["d5", "d4", "d3"], &["d1"])];
+        let bm25 = vec![q(&["d4", "d2"], &["d2"])];
+        let merged = interleave(vec![mined.clone(), bm25]);
+        // Rank 0: d5 (mined), d4 (bm25); rank 1: d4 again (dropped), d2; rank 2: d3.
+        assert_eq!(merged[0].hard, ["d5", "d4", "d2", "d3"]);
+        // The random pool is the first source's.
+        assert_eq!(merged[0].random, ["d1"]);
+        // One source is left as it is.
+        assert_eq!(interleave(vec![mined.clone()]), mined);
     }
 
     #[test]

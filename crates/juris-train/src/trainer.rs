@@ -701,7 +701,40 @@ fn phase_negatives(
         return negatives::read_jsonl(&path);
     }
     let seed = mix(&[cfg.train.seed, SALT_NEGATIVES, pi as u64]);
-    let negs = match ph.negatives {
+    let mut per_source = Vec::new();
+    for source in ph.sources() {
+        per_source.push(source_negatives(
+            source, cfg, ph, ds, split, model, candidates, seed, progress, note,
+        )?);
+    }
+    if per_source.len() > 1 {
+        note(&format!(
+            "{}: hard candidates of {} sources interleaved",
+            ph.name,
+            per_source.len()
+        ));
+    }
+    let negs = negatives::interleave(per_source);
+    negatives::write_jsonl(&path, &negs)?;
+    Ok(negs)
+}
+
+/// One source's negatives for phase `ph` (unwritten).
+#[allow(clippy::too_many_arguments)]
+fn source_negatives(
+    source: NegativeSource,
+    cfg: &TrainConfig,
+    ph: &PhaseConfig,
+    ds: &Dataset,
+    split: &Split,
+    model: &dyn RetrievalModel,
+    candidates: Option<&Run>,
+    seed: u64,
+    progress: &dyn Progress,
+    note: &dyn Fn(&str),
+) -> Result<Vec<QueryNegatives>> {
+    let out = &cfg.train.out;
+    Ok(match source {
         NegativeSource::Bm25 => {
             note(&format!("{}: BM25 negatives (top {})", ph.name, ph.top_k));
             negatives::bm25_negatives(
@@ -751,9 +784,7 @@ fn phase_negatives(
             ));
             negatives::candidate_negatives(ds, split, run, path, ph, seed)?
         }
-    };
-    negatives::write_jsonl(&path, &negs)?;
-    Ok(negs)
+    })
 }
 
 /// One micro-batch: its queries, the passages they are scored against, and the InfoNCE
