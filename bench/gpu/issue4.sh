@@ -8,7 +8,8 @@
 #          jordan_e5_p2, jordan_e5_e3, coliee_ja_e5_e3, the full fine-tunings coliee_ja_e5_full,
 #          jordan_e5_full, coliee_en_minilm_full, phase 2 alone coliee_ja_e5_e3_p2skip5[lr3], and the coliee_en_{minilm,e5}_{p2m10,p2lr3,p2m10lr3,e3}, coliee_en_minilm_e3s[256], coliee_{ja,en}_e5_e3s256, jordan_gemma_p2s256 (VARIANTS=phase1+2),
 #          phase 2 with BM25 + mined negatives from the committed phase 1: coliee_{en,ja}_e5_e3s256_p2mix,
-#          coliee_en_minilm_e3s_p2mix, jordan_e5_l256_p2mix (VARIANTS='phase1 phase1+2')
+#          coliee_en_minilm_e3s_p2mix, jordan_e5_l256_p2mix (VARIANTS='phase1 phase1+2'); both phases at batch 32 with
+#          that phase 2: coliee_{en,ja}_e5_e3s256_b32mix[_e5], coliee_en_minilm_e3s_b32mix[_s43,_s44]
 #          variants, jordan_e5_l256)
 # TUNE_QRELS=holdout tunes on qrels/holdout.tsv instead of train.tsv (bench/make_holdout.py).
 # RUNS=1 also writes each fine-tuned variant's dense run of every query (train and dev, top 100) to

@@ -36,8 +36,8 @@ pub enum TrainError {
     /// The model failed to load or run.
     #[error(transparent)]
     Ml(#[from] juris_ml::MlError),
-    /// A tensor operation failed.
-    #[error("tensor computation failed: {0}")]
+    /// A tensor operation failed (out of GPU memory: with what to change).
+    #[error("tensor computation failed: {0}{hint}", hint = memory_hint(.0))]
     Candle(#[from] candle_core::Error),
     /// Building or searching the BM25 index for negatives failed.
     #[error(transparent)]
@@ -50,6 +50,19 @@ pub enum TrainError {
     Eval(#[from] juris_eval::EvalError),
 }
 
+/// What to change when a step ran out of GPU memory (empty for other failures): activations
+/// grow with sequences per micro-batch × tokens, and `grad_accum` keeps the effective batch.
+fn memory_hint(e: &candle_core::Error) -> &'static str {
+    let text = e.to_string();
+    if text.contains("OUT_OF_MEMORY") || text.contains("out of memory") {
+        "\n  the GPU ran out of memory: lower [train] batch_size (raise grad_accum to keep the \
+         effective batch) or [model] max_len; retriever training can also set [train] \
+         gradient_checkpointing = true"
+    } else {
+        ""
+    }
+}
+
 /// Shorthand for results in this crate.
 pub type Result<T> = std::result::Result<T, TrainError>;
 
@@ -57,4 +70,23 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
     let path = path.into();
     move |source| TrainError::Io { path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_gpu_memory_says_what_to_change() {
+        let oom = TrainError::from(candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        ))
+        .to_string();
+        assert!(
+            oom.contains("CUDA_ERROR_OUT_OF_MEMORY") && oom.contains("[train] batch_size"),
+            "{oom}"
+        );
+        let other = TrainError::from(candle_core::Error::Msg("shape mismatch".into())).to_string();
+        assert_eq!(other, "tensor computation failed: shape mismatch");
+    }
 }
