@@ -288,9 +288,8 @@ pub struct PhaseConfig {
     pub skip_top: usize,
     /// Further hard-negative sources whose candidates are interleaved with `negatives`'
     /// (best first, round robin, duplicates dropped), each taking `top_k`: e.g. a phase 2
-    /// with `negatives = "mined"` and `also_negatives = ["bm25"]` keeps training on phase
-    /// 1's lexical confusions while it adds the model's own, so the dense side does not
-    /// drift away from what BM25 already separates.
+    /// with `negatives = "mined"` and `also_negatives = ["bm25"]` trains on phase 1's
+    /// lexical confusions as well as the model's own (BENCHMARKS, session 13, measures it).
     #[serde(default)]
     pub also_negatives: Vec<NegativeSource>,
     /// Peak learning rate of this phase (default: `[train] lr`).
