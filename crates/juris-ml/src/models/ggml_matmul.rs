@@ -27,7 +27,9 @@
 //! Every quantized product of SmolLM2 Q4_1 and Gemma-3-270M Q4_K_M (prompt and decoded
 //! token, all layers) equals llama.cpp's on its own inputs (`scripts/diag/`,
 //! `examples/parity_probe.rs`); tests compare each kernel with ggml's order written out in
-//! scalar code. Q4_0, Q5_1 and Q5_K still use candle's dot products on our activation
+//! scalar code. For a prompt, the Q4_1, Q5_0 and Q8_0 kernels also run four activation rows
+//! over each weight block at once ([`Rows4Kernel`]), with the same numbers as one row at a
+//! time. Q4_0, Q5_1 and Q5_K still use candle's dot products on our activation
 //! blocks. Only CPU tensors of the types above take this path; everything else goes to
 //! candle's `QMatMul`.
 
@@ -311,6 +313,28 @@ fn kernel(dtype: GgmlDType) -> Option<RowsKernel> {
         GgmlDType::Q6K => kquant::rows_q6k,
         _ => return None,
     })
+}
+
+/// Dots of consecutive weight rows with the four activation rows `row..row + 4` of `acts`:
+/// `out[r]` gets row `row + r`'s outputs, each the same number the [`RowsKernel`] of the
+/// type gives (the same operations in the same order), while every weight block is read and
+/// decoded once for the four. Used for prompts, where several activation rows pass over the
+/// same weights.
+type Rows4Kernel = fn(w: &[u8], kb: usize, acts: &Acts, row: usize, out: [&mut [f32]; 4]);
+
+/// The four-row kernel for weights of `dtype`, where there is one.
+fn kernel4(dtype: GgmlDType) -> Option<Rows4Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        match dtype {
+            GgmlDType::Q4_1 => return Some(avx2::rows4_q4_1),
+            GgmlDType::Q5_0 => return Some(avx2::rows4_q5_0),
+            GgmlDType::Q8_0 => return Some(avx2::rows4_q8_0),
+            _ => {}
+        }
+    }
+    let _ = dtype;
+    None
 }
 
 /// The Q8_K activation blocks of row `row` (`kb` blocks a row) and the number of rows
@@ -624,6 +648,75 @@ mod avx2 {
         hsum_float_8(acc)
     }
 
+    /// The Q8_0 activation blocks and scales of the four rows `row..row + 4`.
+    #[allow(clippy::type_complexity)]
+    fn q8_0_acts4(acts: &Acts, row: usize, kb: usize) -> ([&[Q8_0]; 4], [&[f32]; 4]) {
+        (
+            std::array::from_fn(|r| q8_0_acts(acts, row + r, kb).0),
+            std::array::from_fn(|r| q8_0_acts(acts, row + r, kb).1),
+        )
+    }
+
+    /// [`rows_q8_0`] for four activation rows at once (see [`super::Rows4Kernel`]).
+    pub(super) fn rows4_q8_0(w: &[u8], kb: usize, acts: &Acts, row: usize, out: [&mut [f32]; 4]) {
+        let (a, ad) = q8_0_acts4(acts, row, kb);
+        let [o0, o1, o2, o3] = out;
+        for (j, wr) in w.chunks_exact(kb * 34).enumerate() {
+            // SAFETY: as in `rows_q8_0`; each of the four rows holds `kb` blocks.
+            let v = unsafe { q8_0_row4(wr.as_ptr(), &a, &ad) };
+            (o0[j], o1[j], o2[j], o3[j]) = (v[0], v[1], v[2], v[3]);
+        }
+    }
+
+    /// [`q8_0_row`] for four activation rows: per row the same operations in the same order
+    /// (`f16_times` is the converted scale times `dy`), the weight block read once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_row4(w: *const u8, a: &[&[Q8_0]; 4], ad: &[&[f32]; 4]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for b in 0..a[0].len() {
+            let x = w.add(b * 34);
+            let dx = _mm256_cvtph_ps(_mm_set1_epi16((x as *const i16).read_unaligned()));
+            let qx = _mm256_loadu_si256(x.add(2) as *const __m256i);
+            for r in 0..4 {
+                let d = _mm256_mul_ps(dx, _mm256_set1_ps(ad[r][b]));
+                let qy = _mm256_loadu_si256(a[r][b].qs.as_ptr() as *const __m256i);
+                acc[r] = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc[r]);
+            }
+        }
+        std::array::from_fn(|r| hsum_float_8(acc[r]))
+    }
+
+    /// [`rows_q5_0`] for four activation rows at once (see [`super::Rows4Kernel`]).
+    pub(super) fn rows4_q5_0(w: &[u8], kb: usize, acts: &Acts, row: usize, out: [&mut [f32]; 4]) {
+        let (a, ad) = q8_0_acts4(acts, row, kb);
+        let [o0, o1, o2, o3] = out;
+        for (j, wr) in w.chunks_exact(kb * 22).enumerate() {
+            // SAFETY: as in `rows_q8_0`; each of the four rows holds `kb` blocks.
+            let v = unsafe { q5_0_row4(wr.as_ptr(), &a, &ad) };
+            (o0[j], o1[j], o2[j], o3[j]) = (v[0], v[1], v[2], v[3]);
+        }
+    }
+
+    /// [`q5_0_row`] for four activation rows: per row the same operations in the same order,
+    /// the weight block's scale and 5-bit values decoded once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_0_row4(w: *const u8, a: &[&[Q8_0]; 4], ad: &[&[f32]; 4]) -> [f32; 4] {
+        let high = _mm256_set1_epi8(0xF0u8 as i8);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for b in 0..a[0].len() {
+            let x = w.add(b * 22);
+            let dx = _mm256_cvtph_ps(_mm_set1_epi16((x as *const i16).read_unaligned()));
+            let hi = _mm256_andnot_si256(bytes_from_bits_32(x.add(2)), high);
+            let qx = _mm256_or_si256(bytes_from_nibbles_32(x.add(6)), hi);
+            for r in 0..4 {
+                let d = _mm256_mul_ps(dx, _mm256_set1_ps(ad[r][b]));
+                let qy = _mm256_loadu_si256(a[r][b].qs.as_ptr() as *const __m256i);
+                acc[r] = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc[r]);
+            }
+        }
+        std::array::from_fn(|r| hsum_float_8(acc[r]))
+    }
+
     /// Q5_0 weights (22-byte blocks: f16 `d`, 32 high bits, 16 bytes of nibbles) · Q8_0.
     pub(super) fn rows_q5_0(w: &[u8], kb: usize, acts: &Acts, row: usize, out: &mut [f32]) {
         let (a, ad) = q8_0_acts(acts, row, kb);
@@ -682,6 +775,50 @@ mod avx2 {
             acc = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc);
         }
         hsum_float_8(acc) + summs
+    }
+
+    /// [`rows_q4_1`] for four activation rows at once (see [`super::Rows4Kernel`]).
+    pub(super) fn rows4_q4_1(w: &[u8], kb: usize, acts: &Acts, row: usize, out: [&mut [f32]; 4]) {
+        let (blocks, d, s) = match acts {
+            Acts::Q8_1 { blocks, d, s } => (blocks, d, s),
+            _ => unreachable!("Q8_1 activations for a Q4_1 weight"),
+        };
+        let span = |r: usize| (row + r) * kb..(row + r + 1) * kb;
+        let a: [&[Q8_1]; 4] = std::array::from_fn(|r| &blocks[span(r)]);
+        let ad: [&[f32]; 4] = std::array::from_fn(|r| &d[span(r)]);
+        let as_: [&[f32]; 4] = std::array::from_fn(|r| &s[span(r)]);
+        let [o0, o1, o2, o3] = out;
+        for (j, wr) in w.chunks_exact(kb * 20).enumerate() {
+            // SAFETY: as in `rows_q8_0`; each of the four rows holds `kb` blocks.
+            let v = unsafe { q4_1_row4(wr.as_ptr(), &a, &ad, &as_) };
+            (o0[j], o1[j], o2[j], o3[j]) = (v[0], v[1], v[2], v[3]);
+        }
+    }
+
+    /// [`q4_1_row`] for four activation rows: per row the same operations in the same
+    /// order, the weight block's scale, minimum and nibbles decoded once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_row4(
+        w: *const u8,
+        a: &[&[Q8_1]; 4],
+        ad: &[&[f32]; 4],
+        as_: &[&[f32]; 4],
+    ) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut summs = [0f32; 4];
+        for b in 0..a[0].len() {
+            let x = w.add(b * 20);
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((x as *const i32).read_unaligned()));
+            let (dx, mx) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+            let qx = bytes_from_nibbles_32(x.add(4));
+            for r in 0..4 {
+                summs[r] += mx * as_[r][b];
+                let d = _mm256_set1_ps(dx * ad[r][b]);
+                let qy = _mm256_loadu_si256(a[r][b].qs.as_ptr() as *const __m256i);
+                acc[r] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc[r]);
+            }
+        }
+        std::array::from_fn(|r| hsum_float_8(acc[r]) + summs[r])
     }
 
     /// The 8 i32 lanes of `x` summed (exact; the order does not matter).
@@ -848,22 +985,40 @@ fn matmuls(ws: &[(&[u8], GgmlDType, usize)], xs: &[f32], k: usize, kind: ActKind
         let (data, dtype, n) = ws[wi];
         let row_bytes = data.len() / n;
         let kern = kernel(dtype).expect("checked by forward_fused");
+        let kern4 = kernel4(dtype);
         let kb = k / dtype.block_size();
         for (c, o) in out.chunks_mut(per_task * m).enumerate() {
             let rows = o.len() / m;
             let first = c * per_task;
             let w = &data[first * row_bytes..(first + rows) * row_bytes];
-            tasks.push((kern, kb, w, o));
+            tasks.push((kern, kern4, kb, w, o));
         }
     }
-    tasks.into_par_iter().for_each(|(kern, kb, w, o)| {
+    tasks.into_par_iter().for_each(|(kern, kern4, kb, w, o)| {
         if m == 1 {
             kern(w, kb, &acts, 0, o);
             return;
         }
-        let mut col = vec![0f32; o.len() / m];
-        for i in 0..m {
-            kern(w, kb, &acts, i, &mut col);
+        let rows = o.len() / m;
+        let mut cols = vec![0f32; 4 * rows];
+        let mut i = 0;
+        if let Some(kern4) = kern4 {
+            while i + 4 <= m {
+                let (c0, rest) = cols.split_at_mut(rows);
+                let (c1, rest) = rest.split_at_mut(rows);
+                let (c2, c3) = rest.split_at_mut(rows);
+                kern4(w, kb, &acts, i, [c0, c1, c2, c3]);
+                for (r, col) in cols.chunks_exact(rows).enumerate() {
+                    for (j, v) in col.iter().enumerate() {
+                        o[j * m + i + r] = *v;
+                    }
+                }
+                i += 4;
+            }
+        }
+        let col = &mut cols[..rows];
+        for i in i..m {
+            kern(w, kb, &acts, i, col);
             for (j, v) in col.iter().enumerate() {
                 o[j * m + i] = *v;
             }
@@ -1002,6 +1157,37 @@ mod tests {
                 .unwrap();
             // Only the activations' 8-bit rounding separates the two.
             assert!(err < 0.02 * scale, "{dtype:?}: {err} vs {scale}");
+        }
+    }
+
+    #[test]
+    fn a_prompt_gets_the_numbers_of_its_rows_one_by_one() {
+        // Several activation rows go through the four-row kernels and the one-row
+        // kernels for the rest: every output must equal the one-row product bit for bit, so
+        // a prompt's logits stay llama.cpp's. 7 rows: one group of four and three left over.
+        let (m, k, n) = (7, 256, 37);
+        let w = pattern(n * k, 7919, 1000, 500.0, 1.0);
+        let x = pattern(m * k, 104729, 997, 498.0, 1.0);
+        let dev = Device::Cpu;
+        let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
+        let xt = Tensor::from_vec(x.clone(), (1, m, k), &dev).unwrap();
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let all = forward(&q, &xt).unwrap().expect("a covered type");
+            let all = all.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for i in 0..m {
+                let row =
+                    Tensor::from_vec(x[i * k..(i + 1) * k].to_vec(), (1, 1, k), &dev).unwrap();
+                let one = forward(&q, &row).unwrap().expect("a covered type");
+                let one = one.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (j, (a, b)) in all[i * n..(i + 1) * n].iter().zip(&one).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{dtype:?} row {i} column {j}: {a} vs {b}"
+                    );
+                }
+            }
         }
     }
 
