@@ -657,15 +657,32 @@ mod avx2 {
         )
     }
 
-    /// [`rows_q8_0`] for four activation rows at once (see [`super::Rows4Kernel`]).
-    pub(super) fn rows4_q8_0(w: &[u8], kb: usize, acts: &Acts, row: usize, out: [&mut [f32]; 4]) {
+    /// One weight row against four rows of Q8_0 activations (`q8_0_row4`, `q5_0_row4`).
+    type Q8_0Row4 = unsafe fn(*const u8, &[&[Q8_0]; 4], &[&[f32]; 4]) -> [f32; 4];
+
+    /// `row4` on each weight row (`kb` blocks of `block_bytes`) with the activation rows
+    /// `row..row + 4`, for the weight types whose products take Q8_0 activations.
+    fn rows4_q8_0_acts(
+        w: &[u8],
+        kb: usize,
+        acts: &Acts,
+        row: usize,
+        out: [&mut [f32]; 4],
+        block_bytes: usize,
+        row4: Q8_0Row4,
+    ) {
         let (a, ad) = q8_0_acts4(acts, row, kb);
         let [o0, o1, o2, o3] = out;
-        for (j, wr) in w.chunks_exact(kb * 34).enumerate() {
+        for (j, wr) in w.chunks_exact(kb * block_bytes).enumerate() {
             // SAFETY: as in `rows_q8_0`; each of the four rows holds `kb` blocks.
-            let v = unsafe { q8_0_row4(wr.as_ptr(), &a, &ad) };
+            let v = unsafe { row4(wr.as_ptr(), &a, &ad) };
             (o0[j], o1[j], o2[j], o3[j]) = (v[0], v[1], v[2], v[3]);
         }
+    }
+
+    /// [`rows_q8_0`] for four activation rows at once (see [`super::Rows4Kernel`]).
+    pub(super) fn rows4_q8_0(w: &[u8], kb: usize, acts: &Acts, row: usize, out: [&mut [f32]; 4]) {
+        rows4_q8_0_acts(w, kb, acts, row, out, 34, q8_0_row4);
     }
 
     /// [`q8_0_row`] for four activation rows: per row the same operations in the same order
@@ -688,13 +705,7 @@ mod avx2 {
 
     /// [`rows_q5_0`] for four activation rows at once (see [`super::Rows4Kernel`]).
     pub(super) fn rows4_q5_0(w: &[u8], kb: usize, acts: &Acts, row: usize, out: [&mut [f32]; 4]) {
-        let (a, ad) = q8_0_acts4(acts, row, kb);
-        let [o0, o1, o2, o3] = out;
-        for (j, wr) in w.chunks_exact(kb * 22).enumerate() {
-            // SAFETY: as in `rows_q8_0`; each of the four rows holds `kb` blocks.
-            let v = unsafe { q5_0_row4(wr.as_ptr(), &a, &ad) };
-            (o0[j], o1[j], o2[j], o3[j]) = (v[0], v[1], v[2], v[3]);
-        }
+        rows4_q8_0_acts(w, kb, acts, row, out, 22, q5_0_row4);
     }
 
     /// [`q5_0_row`] for four activation rows: per row the same operations in the same order,
