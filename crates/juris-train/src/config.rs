@@ -618,25 +618,22 @@ negatives = "bm25"
         let c = TrainConfig::parse(&mixed, Path::new("c.toml")).unwrap();
         let sources: Vec<_> = c.phases[0].sources().collect();
         assert_eq!(sources, [NegativeSource::Mined, NegativeSource::Bm25]);
-        // A source twice, and "candidates" without a run, name the key.
-        let twice = OK.replace(
-            "negatives = \"bm25\"",
-            "negatives = \"bm25\"\nalso_negatives = [\"bm25\"]",
-        );
-        let e = TrainConfig::parse(&twice, Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        // A source named twice, and "candidates" without a run, name the key.
+        let error_with = |also: &str| {
+            let text = OK.replace(
+                "negatives = \"bm25\"",
+                &format!("negatives = \"bm25\"\nalso_negatives = [\"{also}\"]"),
+            );
+            TrainConfig::parse(&text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = error_with("bm25");
         assert!(
             e.contains("phase[0].also_negatives") && e.contains("\"bm25\" twice"),
             "{e}"
         );
-        let no_run = OK.replace(
-            "negatives = \"bm25\"",
-            "negatives = \"bm25\"\nalso_negatives = [\"candidates\"]",
-        );
-        let e = TrainConfig::parse(&no_run, Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = error_with("candidates");
         assert!(e.contains("[data] candidates"), "{e}");
     }
 

@@ -1129,14 +1129,21 @@ mod tests {
             .collect()
     }
 
+    /// An `n × k` weight and `m` activation rows (`[1, m, k]`) of [`pattern`] values, and
+    /// the activations as one flat vector.
+    fn product_inputs(m: usize, k: usize, n: usize) -> (Tensor, Tensor, Vec<f32>) {
+        let w = pattern(n * k, 7919, 1000, 500.0, 1.0);
+        let x = pattern(m * k, 104729, 997, 498.0, 1.0);
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        let xt = Tensor::from_vec(x.clone(), (1, m, k), &Device::Cpu).unwrap();
+        (w, xt, x)
+    }
+
     #[test]
     fn matches_the_dequantized_product_for_each_type() {
         let (m, k, n) = (3, 512, 40);
-        let w = pattern(n * k, 7919, 1000, 500.0, 1.0);
-        let x = pattern(m * k, 104729, 997, 498.0, 1.0);
         let dev = Device::Cpu;
-        let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
-        let x = Tensor::from_vec(x, (1, m, k), &dev).unwrap();
+        let (w, x, _) = product_inputs(m, k, n);
         for dtype in [
             GgmlDType::Q4_0,
             GgmlDType::Q4_1,
@@ -1177,11 +1184,8 @@ mod tests {
         // kernels for the rest: every output must equal the one-row product bit for bit, so
         // a prompt's logits stay llama.cpp's. 7 rows: one group of four and three left over.
         let (m, k, n) = (7, 256, 37);
-        let w = pattern(n * k, 7919, 1000, 500.0, 1.0);
-        let x = pattern(m * k, 104729, 997, 498.0, 1.0);
         let dev = Device::Cpu;
-        let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
-        let xt = Tensor::from_vec(x.clone(), (1, m, k), &dev).unwrap();
+        let (w, xt, x) = product_inputs(m, k, n);
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
             let q = QTensor::quantize(&w, dtype).unwrap();
             let all = forward(&q, &xt).unwrap().expect("a covered type");
