@@ -139,27 +139,30 @@ fn merges_from_scores(
     vocab: &HashMap<&str, u32>,
     score: &dyn Fn(&str) -> f64,
 ) -> Vec<(String, String)> {
-    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    // (left, right, score, chars of left, chars of right): the sort keys are computed once
+    // per merge, not per comparison (a 262k-token vocabulary has millions of merges).
+    let mut merges: Vec<(&str, &str, f64, usize, usize)> = Vec::new();
+    let mut local: Vec<(u32, u32, &str, &str)> = Vec::new();
     for &token in order {
         let s = score(token);
-        let mut local: Vec<(&str, &str)> = Vec::new();
+        local.clear();
         for (idx, _) in token.char_indices().skip(1) {
             let (l, r) = token.split_at(idx);
-            if vocab.contains_key(l) && vocab.contains_key(r) {
-                local.push((l, r));
+            if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+                local.push((li, ri, l, r));
             }
         }
-        local.sort_by_key(|(l, r)| (vocab[l], vocab[r]));
-        merges.extend(local.into_iter().map(|(l, r)| (l, r, s)));
+        local.sort_by_key(|&(li, ri, _, _)| (li, ri));
+        merges.extend(
+            local
+                .iter()
+                .map(|&(_, _, l, r)| (l, r, s, l.chars().count(), r.chars().count())),
+        );
     }
-    merges.sort_by(|a, b| {
-        b.2.total_cmp(&a.2)
-            .then(b.0.chars().count().cmp(&a.0.chars().count()))
-            .then(b.1.chars().count().cmp(&a.1.chars().count()))
-    });
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(b.4.cmp(&a.4)));
     merges
         .into_iter()
-        .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .map(|(l, r, ..)| (l.to_string(), r.to_string()))
         .collect()
 }
 
