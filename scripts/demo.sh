@@ -29,8 +29,9 @@ fi
 question="Is an agreement that violates public order valid?"
 echo
 echo "Q (answered by a local model from the retrieved articles) $question"
-# --f32: dequantized weights; for this 135M model the f32 path took about a twelfth of the CPU
-# time of the Q4_1 path in one measurement on a 2-core machine. --repeat-penalty 1.1: greedy
+# --f32: dequantized weights. Not for speed (2026-11-25, 2 cores: f32 decodes ~27 tokens/s,
+# the Q4_1 kernels ~110), but because this 135M model's greedy answer to this question cites
+# the article from f32 weights and cites nothing from Q4_1 ones. --repeat-penalty 1.1: greedy
 # decoding of this 135M model otherwise loops ("article 2 of the law article 2 of the law ...",
 # 2026-11-24); with 1.1 it answers with the article and cites it.
 ./target/release/juris ask --index "$dir/index" --f32 --max-tokens 120 --repeat-penalty 1.1 "$question"
