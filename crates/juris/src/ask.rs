@@ -93,7 +93,26 @@ pub struct AskArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub reply: ReplyArgs,
+    #[command(flatten)]
     pub sampling: crate::generate_cmd::SamplingArgs,
+}
+
+/// How the model's reply starts (`ask` and `eval-qa`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReplyArgs {
+    /// Words the answer starts with, given to the model as the beginning of its own reply
+    /// and kept in the answer: e.g. "According to [" makes a small model name one of the
+    /// numbered articles before anything else.
+    #[arg(long, value_name = "TEXT")]
+    pub reply_prefix: Option<String>,
+}
+
+impl ReplyArgs {
+    /// The prefix, if one was given and it is not empty.
+    pub fn prefix(&self) -> Option<&str> {
+        self.reply_prefix.as_deref().filter(|p| !p.is_empty())
+    }
 }
 
 /// How the instruction names the answer language, with the language's own words so that a
@@ -451,6 +470,24 @@ impl QaModel {
         }
     }
 
+    /// `prompt` (from [`QaModel::prompt_ids`]) followed by the tokens of `prefix`, the
+    /// start of the model's reply.
+    pub fn with_reply_prefix(
+        &self,
+        mut prompt: Vec<u32>,
+        prefix: Option<&str>,
+    ) -> Result<Vec<u32>> {
+        if let Some(p) = prefix {
+            prompt.extend(self.gen.tokenizer().encode(p, false)?);
+        }
+        Ok(prompt)
+    }
+
+    /// Tokens `prefix` takes in the context (0 for none).
+    pub fn prefix_tokens(&self, prefix: Option<&str>) -> Result<usize> {
+        prefix.map_or(Ok(0), |p| self.text_tokens(p))
+    }
+
     /// Tokens of a bare text.
     pub fn text_tokens(&self, text: &str) -> Result<usize> {
         Ok(self.gen.tokenizer().encode(text, false)?.len())
@@ -603,7 +640,10 @@ pub fn cmd_ask(a: AskArgs) -> Result<()> {
     let lang = answer_lang(question, a.lang.as_deref())?;
     let opts = a.sampling.options()?;
     let model = QaModel::load(&a.model, &a.sampling, &a.retrieval.device)?;
-    let budget = model.prompt_budget(&opts)?;
+    let prefix = a.reply.prefix();
+    let budget = model
+        .prompt_budget(&opts)?
+        .saturating_sub(model.prefix_tokens(prefix)?);
     // A question too long for the context is refused before any work, found or not.
     let system = system_message();
     model.fit(Some(&system), &[], budget, &|arts| {
@@ -635,7 +675,11 @@ pub fn cmd_ask(a: AskArgs) -> Result<()> {
             );
         }
         let ids = model.prompt_ids(Some(&system), &fitted.message)?;
+        let ids = model.with_reply_prefix(ids, prefix)?;
         let mut print = crate::generate_cmd::printer();
+        if let (Some(p), false) = (prefix, a.json) {
+            let _ = print(p);
+        }
         let mut stream = |piece: &str| -> ControlFlow<()> {
             if a.json {
                 ControlFlow::Continue(())
@@ -647,7 +691,9 @@ pub fn cmd_ask(a: AskArgs) -> Result<()> {
         if !a.json {
             println!();
         }
-        answer = out.text.trim().to_string();
+        answer = format!("{}{}", prefix.unwrap_or(""), out.text)
+            .trim()
+            .to_string();
         stats = out.stats;
         let retrieved_ids: Vec<&str> = fitted.articles.iter().map(|a| a.id.as_str()).collect();
         citations = extract_citations(&answer, &retrieved_ids);

@@ -80,6 +80,8 @@ pub struct EvalQaArgs {
     #[arg(long)]
     pub cite: bool,
     #[command(flatten)]
+    pub reply: crate::ask::ReplyArgs,
+    #[command(flatten)]
     pub sampling: crate::generate_cmd::SamplingArgs,
 }
 
@@ -284,7 +286,10 @@ pub fn cmd_eval_qa(a: EvalQaArgs, bar: &Bar) -> Result<()> {
     let items = load_items(&a.queries, &a.qrels, &qrels, a.lang.as_deref(), a.limit)?;
     let opts = a.sampling.options()?;
     let model = QaModel::load(&a.model, &a.sampling, &a.retrieval.device)?;
-    let budget = model.prompt_budget(&opts)?;
+    let prefix = a.reply.prefix();
+    let budget = model
+        .prompt_budget(&opts)?
+        .saturating_sub(model.prefix_tokens(prefix)?);
     let yn_budget = model.prompt_budget(&GenerateOptions {
         max_tokens: 1,
         ..opts.clone()
@@ -336,10 +341,13 @@ pub fn cmd_eval_qa(a: EvalQaArgs, bar: &Bar) -> Result<()> {
                 user_message(&item.text, lang, xs)
             })?;
             let ids = model.prompt_ids(Some(&system), &fitted.message)?;
+            let ids = model.with_reply_prefix(ids, prefix)?;
             let g = model
                 .gen
                 .generate_ids(&ids, &opts, &mut |_| ControlFlow::Continue(()))?;
-            let answer = g.text.trim().to_string();
+            let answer = format!("{}{}", prefix.unwrap_or(""), g.text)
+                .trim()
+                .to_string();
             let shown: Vec<&str> = arts.iter().map(|x| x.id.as_str()).collect();
             let c = extract_citations(&answer, &shown);
             let kept: Vec<String> = c.kept.iter().map(|&i| arts[i].id.clone()).collect();

@@ -97,6 +97,47 @@ fn ask_json_has_the_schema_and_cites_only_retrieved_articles() {
 }
 
 #[test]
+fn a_reply_prefix_starts_the_answer_and_its_citation_counts() {
+    let Some(model) = tiny() else { return };
+    let (_dir, idx) = setup();
+    let q = "Is a juristic act contrary to public order void? [civil:90]";
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["--json", "--max-tokens", "8"];
+        args.extend_from_slice(extra);
+        args.push(q);
+        serde_json::from_str(&ask(&idx, &model, &args)).unwrap()
+    };
+    let plain = run(&[]);
+    // The random model's reply is noise; the prefix makes the answer cite the top article.
+    let prefixed = run(&["--reply-prefix", "Under [civil:90] "]);
+    let raw = prefixed["raw_answer"].as_str().unwrap();
+    assert!(raw.starts_with("Under [civil:90]"), "{prefixed}");
+    let cited: Vec<&str> = prefixed["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert!(cited.contains(&"civil:90"), "{prefixed}");
+    // The prefix is part of the model's input: more prompt tokens than without it.
+    let tokens = |v: &serde_json::Value| v["timings"]["prompt_tokens"].as_u64().unwrap();
+    assert!(tokens(&prefixed) > tokens(&plain), "{prefixed} vs {plain}");
+    // Text mode prints the prefix before the generated words.
+    let out = ask(
+        &idx,
+        &model,
+        &[
+            "--max-tokens",
+            "4",
+            "--reply-prefix",
+            "Under [civil:90] ",
+            q,
+        ],
+    );
+    assert!(out.starts_with("Under [civil:90] "), "{out}");
+}
+
+#[test]
 fn ask_refuses_bad_input_clearly() {
     let (_dir, idx) = setup();
     let err = fails(&["ask", "--index", s(&idx), "   "]);
