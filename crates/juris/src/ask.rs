@@ -115,6 +115,13 @@ impl ReplyArgs {
     }
 }
 
+/// The answer: the reply's `prefix` (if any) and the generated text, trimmed.
+pub fn reply_text(prefix: Option<&str>, generated: &str) -> String {
+    format!("{}{generated}", prefix.unwrap_or(""))
+        .trim()
+        .to_string()
+}
+
 /// How the instruction names the answer language, with the language's own words so that a
 /// small model sees the script it should write.
 fn in_language(lang: Lang) -> &'static str {
@@ -470,22 +477,25 @@ impl QaModel {
         }
     }
 
-    /// `prompt` (from [`QaModel::prompt_ids`]) followed by the tokens of `prefix`, the
-    /// start of the model's reply.
-    pub fn with_reply_prefix(
+    /// [`QaModel::prompt_ids`] followed by the tokens of `prefix`, the start of the
+    /// model's reply.
+    pub fn reply_ids(
         &self,
-        mut prompt: Vec<u32>,
+        system: Option<&str>,
+        message: &str,
         prefix: Option<&str>,
     ) -> Result<Vec<u32>> {
+        let mut ids = self.prompt_ids(system, message)?;
         if let Some(p) = prefix {
-            prompt.extend(self.gen.tokenizer().encode(p, false)?);
+            ids.extend(self.gen.tokenizer().encode(p, false)?);
         }
-        Ok(prompt)
+        Ok(ids)
     }
 
-    /// Tokens `prefix` takes in the context (0 for none).
-    pub fn prefix_tokens(&self, prefix: Option<&str>) -> Result<usize> {
-        prefix.map_or(Ok(0), |p| self.text_tokens(p))
+    /// [`QaModel::prompt_budget`] less the tokens `prefix` takes in the context.
+    pub fn reply_budget(&self, opts: &GenerateOptions, prefix: Option<&str>) -> Result<usize> {
+        let taken = prefix.map_or(Ok(0), |p| self.text_tokens(p))?;
+        Ok(self.prompt_budget(opts)?.saturating_sub(taken))
     }
 
     /// Tokens of a bare text.
@@ -641,9 +651,7 @@ pub fn cmd_ask(a: AskArgs) -> Result<()> {
     let opts = a.sampling.options()?;
     let model = QaModel::load(&a.model, &a.sampling, &a.retrieval.device)?;
     let prefix = a.reply.prefix();
-    let budget = model
-        .prompt_budget(&opts)?
-        .saturating_sub(model.prefix_tokens(prefix)?);
+    let budget = model.reply_budget(&opts, prefix)?;
     // A question too long for the context is refused before any work, found or not.
     let system = system_message();
     model.fit(Some(&system), &[], budget, &|arts| {
@@ -674,8 +682,7 @@ pub fn cmd_ask(a: AskArgs) -> Result<()> {
                 fitted.cut
             );
         }
-        let ids = model.prompt_ids(Some(&system), &fitted.message)?;
-        let ids = model.with_reply_prefix(ids, prefix)?;
+        let ids = model.reply_ids(Some(&system), &fitted.message, prefix)?;
         let mut print = crate::generate_cmd::printer();
         if let (Some(p), false) = (prefix, a.json) {
             let _ = print(p);
@@ -691,9 +698,7 @@ pub fn cmd_ask(a: AskArgs) -> Result<()> {
         if !a.json {
             println!();
         }
-        answer = format!("{}{}", prefix.unwrap_or(""), out.text)
-            .trim()
-            .to_string();
+        answer = reply_text(prefix, &out.text);
         stats = out.stats;
         let retrieved_ids: Vec<&str> = fitted.articles.iter().map(|a| a.id.as_str()).collect();
         citations = extract_citations(&answer, &retrieved_ids);

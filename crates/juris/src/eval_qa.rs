@@ -287,9 +287,7 @@ pub fn cmd_eval_qa(a: EvalQaArgs, bar: &Bar) -> Result<()> {
     let opts = a.sampling.options()?;
     let model = QaModel::load(&a.model, &a.sampling, &a.retrieval.device)?;
     let prefix = a.reply.prefix();
-    let budget = model
-        .prompt_budget(&opts)?
-        .saturating_sub(model.prefix_tokens(prefix)?);
+    let budget = model.reply_budget(&opts, prefix)?;
     let yn_budget = model.prompt_budget(&GenerateOptions {
         max_tokens: 1,
         ..opts.clone()
@@ -340,14 +338,11 @@ pub fn cmd_eval_qa(a: EvalQaArgs, bar: &Bar) -> Result<()> {
             let fitted = model.fit(Some(&system), arts, budget, &|xs| {
                 user_message(&item.text, lang, xs)
             })?;
-            let ids = model.prompt_ids(Some(&system), &fitted.message)?;
-            let ids = model.with_reply_prefix(ids, prefix)?;
+            let ids = model.reply_ids(Some(&system), &fitted.message, prefix)?;
             let g = model
                 .gen
                 .generate_ids(&ids, &opts, &mut |_| ControlFlow::Continue(()))?;
-            let answer = format!("{}{}", prefix.unwrap_or(""), g.text)
-                .trim()
-                .to_string();
+            let answer = crate::ask::reply_text(prefix, &g.text);
             let shown: Vec<&str> = arts.iter().map(|x| x.id.as_str()).collect();
             let c = extract_citations(&answer, &shown);
             let kept: Vec<String> = c.kept.iter().map(|&i| arts[i].id.clone()).collect();

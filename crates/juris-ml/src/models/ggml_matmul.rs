@@ -1205,9 +1205,11 @@ fn matmuls(ws: &[(&[u8], GgmlDType, usize)], xs: &[f32], k: usize, kind: ActKind
     tasks
         .into_par_iter()
         .for_each(|(kern, kern4, kb, w, out, n, first, rows)| {
-            let mut cols = vec![0f32; 4 * rows];
+            let kern4 = kern4.filter(|_| m >= 4);
+            // Room for four output rows only where the four-row kernel runs (not per token).
+            let mut cols = vec![0f32; if kern4.is_some() { 4 } else { 1 } * rows];
             let mut i = 0;
-            if let Some(kern4) = kern4.filter(|_| m >= 4) {
+            if let Some(kern4) = kern4 {
                 while i + 4 <= m {
                     let (c0, rest) = cols.split_at_mut(rows);
                     let (c1, rest) = rest.split_at_mut(rows);
